@@ -1,0 +1,90 @@
+"""Command-line arguments of ``python -m search.run`` and the one-line error exit."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Bad input found before anything ran; reported as one line with exit status 2."""
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on one line to stderr and exit with status 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "search.num_samples=3"]`` -> ``{"lr": 1e-4, "search.num_samples": 3}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r} is not key=value (e.g. --set lr=1e-4)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="Search the hyperparameters and WiSE-FT mixing coefficient of a robust "
+                    "fine-tuning method for CLIP with Ray Tune + Optuna over Ray Train; every "
+                    "trial is recorded in MLflow. Selection reads ID validation data only.",
+        epilog="Example: python -m search.run --method car-ft --space spaces/car.yaml "
+               "--num-samples 4.  Review: mlflow ui --backend-store-uri sqlite:///OUTPUT/mlflow.db")
+    p.add_argument("--method", required=True,
+                   help="fine-tuning method: zeroshot, lp, ft, lp-ft, l2-sp, flyp, car-ft, "
+                        "clip-cite, arf, ce-swa")
+    p.add_argument("--space", type=Path,
+                   help="search-space YAML (spaces/*.yaml); its 'method' must equal --method "
+                        "(optional for zeroshot)")
+    p.add_argument("--data", type=Path,
+                   help="dataset spec YAML (default: the embedded generated world, created on "
+                        "first use under $ROBUST_SEARCH_CACHE or ~/.cache/robust-clip-search)")
+    p.add_argument("--model", default=None,
+                   help="open_clip architecture name (default: tiny-clip-32, the embedded CLIP)")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip pretrained tag (downloaded when online) or a local "
+                        ".safetensors file (default: the embedded tiny CLIP's weights)")
+    p.add_argument("--num-samples", type=int, help="number of trials (default: the space's)")
+    p.add_argument("--max-concurrent-trials", type=int,
+                   help="trials running at once (default: the space's, else 1)")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help="Ray Train workers (DDP processes) per trial (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs per Train worker; fractions share a GPU (default 0: CPU)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="CPUs reserved per Train worker (default 1)")
+    p.add_argument("--address", default=None,
+                   help="join an existing Ray cluster (e.g. auto or HOST:6379); default: start "
+                        "a local Ray instance")
+    p.add_argument("--output", type=Path, default=Path("runs/latest"),
+                   help="directory for everything the run writes: mlflow.db, ray/ (trials, "
+                        "checkpoints), summary.json, plots (default runs/latest)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default sqlite:///OUTPUT/mlflow.db; use an "
+                        "http://127.0.0.1:PORT server for clusters)")
+    p.add_argument("--experiment", default="robust-ft-search", help="MLflow experiment name")
+    p.add_argument("--study-name", default=None,
+                   help="name of the study (Tune experiment, Optuna study, MLflow parent run); "
+                        "default: <method>-search")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the sampler and of every trial (default: the space's)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study in --output after a crash or kill")
+    p.add_argument("--max-failures", type=int, default=0,
+                   help="times a failed trial's training is retried from its last checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the space: a parameter (lr=1e-4 fixes it; "
+                        "lr='{loguniform: [1e-5, 1e-3]}' re-ranges it) or a setting "
+                        "(search.num_samples=3, wise.strategy=golden); repeatable")
+    p.add_argument("--quiet", action="store_true", help="less Ray progress output")
+    return p

@@ -1,0 +1,298 @@
+"""A study: validated inputs, the Tune run, soups, importances, MLflow and summary.json.
+
+:meth:`Study.from_args` checks everything that can be checked before training (method, space,
+data, weights, tracking store, output state, cluster resources) and raises :class:`StudyError`
+with a one-line message; nothing is written under ``--output`` until all checks pass.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from trainables import metrics as M
+from trainables.data import load_spec
+from trainables.evaluate import Evaluator
+from trainables.methods import get_method_class
+from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+from .trial import FINAL, OBJECTIVE, RunParts, StudySetup, prepare, wise_evaluation
+
+log = logging.getLogger(__name__)
+
+
+class StudyError(ValueError):
+    """Bad input found before the study started; one line, naming the problem and the fix."""
+
+
+def code_version() -> str:
+    """The git commit of the project (with -dirty), or the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=5, check=True)
+        return rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+        return version("robust-clip-search")
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Study:
+    """A validated study, ready to :meth:`run`."""
+
+    args: Any
+    setup: StudySetup
+    space: Any                   # search.space.Space, or None for methods that train nothing
+    name: str
+    output: Path
+    tracking_uri: str
+    num_samples: int
+    max_concurrent: int
+    seed: int
+    parts: RunParts              # driver-side model/data/evaluator (zero-shot eval, soups)
+
+    # --- validation -------------------------------------------------------------------------
+    @classmethod
+    def from_args(cls, args: Any, overrides: dict[str, Any],
+                  default_data: Callable[[], Path]) -> "Study":
+        from .space import load_space
+        from .tracking import ensure_tracking
+
+        method_cls = get_method_class(args.method)
+        space = None
+        if args.space is not None:
+            space = load_space(args.space, args.method, overrides or None)
+        elif not method_cls.trains_nothing:
+            raise StudyError(f"--space is required for method {args.method!r} "
+                             "(e.g. --space spaces/car.yaml)")
+        seed = args.seed if args.seed is not None else (space.search.seed if space else 0)
+        num_samples = args.num_samples or (space.search.num_samples if space else 1)
+        max_conc = args.max_concurrent_trials or (space.search.max_concurrent_trials
+                                                  if space else 1)
+        if num_samples < 1 or max_conc < 1 or args.workers_per_trial < 1:
+            raise StudyError("--num-samples, --max-concurrent-trials and --workers-per-trial "
+                             "must be >= 1")
+        output = args.output.expanduser().resolve()
+        name = args.study_name or f"{args.method}-search"
+        study_dir = output / "ray" / name
+        if study_dir.exists() and not args.resume:
+            raise StudyError(f"{output} already holds study {name!r}: pass --resume to "
+                             "continue it, or choose another --output")
+        if args.resume and not (study_dir / "tuner.pkl").exists():
+            raise StudyError(f"--resume: no study {name!r} under {output} to resume "
+                             "(drop --resume to start one)")
+        data = args.data.expanduser().resolve() if args.data else default_data()
+        load_spec(data)
+        cpus = args.cpus_per_worker or 1.0
+        base = {k: d.value for k, d in space.params.items() if d.kind == "constant"} if space else {}
+        base.setdefault("seed", seed)
+        setup = StudySetup(
+            method=args.method, model=args.model or DEFAULT_MODEL,
+            pretrained=(args.pretrained if args.pretrained is not None else
+                        (DEFAULT_PRETRAINED if (args.model or DEFAULT_MODEL) == DEFAULT_MODEL
+                         else None)),
+            data=str(data), storage_path=str(output / "ray"),
+            wise_strategy=space.wise.strategy if space else "grid",
+            wise_grid=tuple(space.wise.grid) if space else tuple(i / 10 for i in range(11)),
+            wise_evaluations=space.wise.evaluations if space else 6,
+            workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=cpus, max_failures=args.max_failures,
+            torch_threads=max(1, int(cpus)), base_params=base)
+        data = _with_anchors(setup, method_cls, output)
+        setup = replace(setup, data=str(data))
+        parts = prepare(setup, {}, "cpu")       # checks weights/architecture/data together
+        tracking_uri = args.tracking_uri or f"sqlite:///{output / 'mlflow.db'}"
+        if not tracking_uri.startswith("sqlite"):
+            ensure_tracking(tracking_uri)       # reachable before any training
+        return cls(args, setup, space, name, output, tracking_uri, num_samples, max_conc, seed,
+                   parts)
+
+    # --- running ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from .ray_setup import init_ray
+        from .tracking import StudyRecorder, ensure_tracking
+
+        method = self.parts.method
+        init_ray(self.args.address, self.setup, self.max_concurrent)
+        self.output.mkdir(parents=True, exist_ok=True)
+        ensure_tracking(self.tracking_uri)
+        recorder = StudyRecorder(self.tracking_uri, self.args.experiment, self.name)
+        parent = recorder.start(
+            space_source_path=self.space.source if self.space else None,
+            resolved_config=self.resolved_config(), data_spec_path=Path(self.setup.data),
+            code_version=code_version(), resume=self.args.resume)
+        zeroshot = self.parts.evaluator.evaluate(self.parts.model, method,
+                                                 self.parts.evaluator.report_sets)
+        trials: list[dict[str, Any]] = []
+        if not method.trains_nothing:
+            trials = self._tune(recorder)
+        summary = self._summarise(zeroshot, trials, recorder, parent)
+        atomic_write_json(self.output / "summary.json", summary)
+        return summary
+
+    def resolved_config(self) -> dict[str, Any]:
+        from dataclasses import asdict
+        from .space import space_as_dict
+        return {"setup": asdict(self.setup), "space": space_as_dict(self.space) if self.space
+                else None, "num_samples": self.num_samples, "seed": self.seed,
+                "max_concurrent_trials": self.max_concurrent, "study": self.name}
+
+    def _tune(self, recorder) -> list[dict[str, Any]]:
+        from .space import tune_param_space
+        from .tracking import MlflowTuneCallback
+        from .tuner import make_tuner, restore_tuner
+
+        storage = self.output / "ray"
+        callbacks = [MlflowTuneCallback(recorder)]
+        if self.args.resume:
+            tuner = restore_tuner(self.setup, self.name, storage, callbacks)
+        else:
+            params = tune_param_space(self.space)
+            params = {k: v for k, v in params.items() if k not in self.setup.base_params}
+            s = self.space.search
+            tuner = make_tuner(self.setup, params, study_name=self.name, sampler=s.sampler,
+                               seed=self.seed, scheduler=s.scheduler, grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor, num_samples=self.num_samples,
+                               max_concurrent_trials=self.max_concurrent, callbacks=callbacks,
+                               storage_path=storage)
+        grid = tuner.fit()
+        trials = []
+        for result in grid:
+            metrics = dict(result.metrics or {})
+            trials.append({"trial_id": metrics.get("trial_id", Path(result.path).name),
+                           "config": dict(result.config or {}), "metrics": metrics,
+                           "error": None if result.error is None else
+                           str(result.error).strip().splitlines()[-1][:500],
+                           "checkpoint": metrics.get("checkpoint_path")})
+        return trials
+
+    # --- after the study ----------------------------------------------------------------------
+    def _summarise(self, zeroshot: dict[str, float], trials: list[dict[str, Any]], recorder,
+                   parent: str) -> dict[str, Any]:
+        from .selection import best_trial
+        finished = [t for t in trials if t["metrics"].get(FINAL) == 1.0 and not t["error"]]
+        summary: dict[str, Any] = {
+            "method": self.setup.method, "study": self.name, "data": self.setup.data,
+            "model": self.setup.model, "pretrained": self.setup.pretrained,
+            "trials": {"total": len(trials), "finished": len(finished),
+                       "failed": sum(1 for t in trials if t["error"]),
+                       "stopped_early": sum(1 for t in trials if not t["error"]
+                                            and t["metrics"].get(FINAL) != 1.0)},
+            "metrics": {"zeroshot": zeroshot},
+            "mlflow": {"tracking_uri": self.tracking_uri, "experiment": self.args.experiment,
+                       "experiment_id": recorder.experiment_id, "parent_run_id": parent},
+        }
+        best = None
+        if finished:
+            best = finished[best_trial([t["metrics"] for t in finished], OBJECTIVE)]
+            m = best["metrics"]
+            summary.update(best_trial=best["trial_id"], best_params=best["config"],
+                           selected_alpha=m["wise_alpha"])
+            summary["metrics"]["finetuned"] = _strip(m, "ft/")
+            summary["metrics"]["wise"] = _strip(m, "wise/")
+            summary["soups"] = self._soups(finished, best)
+        importances = self._importances(finished)
+        summary["importances"] = importances
+        recorder.finish(best=best, summary=summary, trials=finished,
+                        importances=importances)
+        return summary
+
+    def _soups(self, finished: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+        from .soups import Ingredient, greedy_soup, uniform_soup
+        ingredients = [Ingredient(t["trial_id"], t["metrics"]["ft/" + M.ID_VAL],
+                                  Path(t["checkpoint"])) for t in finished if t["checkpoint"]]
+        if len(ingredients) < 2:
+            return {}
+        parts = prepare(self.setup, best["config"], "cpu")
+        ev: Evaluator = parts.evaluator
+
+        def id_val_of(state) -> float:
+            parts.model.load_state_dict(state)
+            return ev.evaluate(parts.model, parts.method)[M.ID_VAL]
+
+        top_k = self.space.soups.top_k if self.space else 3
+        out = {}
+        uni_ids, uni = uniform_soup(ingredients, top_k)
+        greedy_ids, greedy, _ = greedy_soup(ingredients, id_val_of)
+        for name, ids, state in (("uniform", uni_ids, uni), ("greedy", greedy_ids, greedy)):
+            result = wise_evaluation(parts, state, self.setup)
+            out[name] = {"trials": ids, "selected_alpha": result["wise_alpha"],
+                         "soup": _strip(result, "ft/"), "wise": _strip(result, "wise/"),
+                         "curve": {k: v for k, v in result.items() if k.startswith("wise_curve/")}}
+        return out
+
+    def _importances(self, finished: list[dict[str, Any]]) -> dict[str, float]:
+        """Optuna parameter importances over the searched values and the selected WiSE α."""
+        import optuna
+        if self.space is None or len(finished) < 2:
+            return {}
+        dists: dict[str, Any] = {"wise_alpha": optuna.distributions.FloatDistribution(0.0, 1.0)}
+        for key, d in self.space.params.items():
+            if d.kind == "loguniform":
+                dists[key] = optuna.distributions.FloatDistribution(d.low, d.high, log=True)
+            elif d.kind == "uniform":
+                dists[key] = optuna.distributions.FloatDistribution(d.low, d.high)
+            elif d.kind == "int":
+                dists[key] = optuna.distributions.IntDistribution(int(d.low), int(d.high))
+            elif d.kind == "choice":
+                dists[key] = optuna.distributions.CategoricalDistribution(list(d.choices))
+        study = optuna.create_study(direction="maximize")
+        for t in finished:
+            params = {k: t["config"][k] for k in dists if k in t["config"]}
+            params["wise_alpha"] = t["metrics"]["wise_alpha"]
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions={k: dists[k] for k in params},
+                value=t["metrics"][OBJECTIVE]))
+        try:
+            return dict(optuna.importance.get_param_importances(study))
+        except (ValueError, RuntimeError) as err:   # e.g. all trials identical
+            log.warning("parameter importances unavailable: %s", err)
+            return {}
+
+    def print_summary(self, summary: dict[str, Any], wall_s: float) -> None:
+        from .table import format_table
+        rows = {"zero-shot": summary["metrics"]["zeroshot"]}
+        if "finetuned" in summary["metrics"]:
+            rows["fine-tuned (α=1)"] = summary["metrics"]["finetuned"]
+            rows[f"WiSE (α={summary['selected_alpha']:.2f})"] = summary["metrics"]["wise"]
+        for name, soup in (summary.get("soups") or {}).items():
+            rows[f"{name} soup ({len(soup['trials'])})"] = soup["soup"]
+            rows[f"{name} soup + WiSE (α={soup['selected_alpha']:.2f})"] = soup["wise"]
+        print()
+        print(f"Study {self.name}: method {self.setup.method}, {summary['trials']} "
+              f"in {wall_s:.0f}s")
+        if "best_trial" in summary:
+            print(f"Best trial {summary['best_trial']} (selected on ID val): "
+                  f"{json.dumps(summary['best_params'], default=str)}")
+        print(format_table(rows))
+        print(f"\nSummary: {self.output / 'summary.json'}")
+        uri = self.tracking_uri
+        print(f"MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+              if uri.startswith("sqlite") else f"MLflow: open {uri}")
+
+
+def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix):]: v for k, v in metrics.items()
+            if k.startswith(prefix) and isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def _with_anchors(setup: StudySetup, method_cls, output: Path) -> Path:
+    """The data spec, extended with retrieved anchors when the method needs them (ARF)."""
+    spec = load_spec(setup.data)
+    if "retrieved" in method_cls.anchor_sets and "retrieved" not in spec.anchors:
+        from .anchors import ensure_retrieved
+        return ensure_retrieved(Path(setup.data), setup.model, setup.pretrained)
+    return Path(setup.data)
+

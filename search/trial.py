@@ -1,0 +1,200 @@
+"""One trial: the Ray Train worker function, and the shared set-up it and the driver use.
+
+Per worker: build the model from the zero-shot classifier θ_zs, run the one training loop
+(``trainables.loop.train``) with Ray's ``prepare_model``/``prepare_data_loader``, report ID-val
+accuracy and a checkpoint after every epoch (what ASHA prunes on and what a restarted worker resumes
+from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
+(OOD, zero-shot, context) at α = 1, at the selected α and along the curve, and report the final
+result with a checkpoint of θ_ft (what model soups average).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables import metrics as M
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.config import TrainConfig, split_config
+from trainables.data import TaskData, build_task_data, load_spec
+from trainables.evaluate import SELECTION, Evaluator
+from trainables.heads import build_classifier
+from trainables.methods import Method, MethodContext, get_method_class
+from trainables.models import ClipBundle, create_clip, logit_scale
+from trainables.wise import interpolate
+
+from .selection import select_alpha
+
+OBJECTIVE = "objective"      # what Tune, Optuna and ASHA maximise: ID-val accuracy
+FINAL = "final"              # 1.0 on the result that carries the WiSE selection
+
+
+@dataclass(frozen=True)
+class StudySetup:
+    """What every trial of a study shares (static; the searched values come from Tune)."""
+
+    method: str
+    model: str
+    pretrained: str | None
+    data: str
+    storage_path: str
+    wise_strategy: str = "grid"
+    wise_grid: tuple[float, ...] = tuple(i / 10 for i in range(11))
+    wise_evaluations: int = 6
+    workers_per_trial: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0
+    keep_checkpoints: int = 1
+    eval_batch_size: int = 256
+    torch_threads: int = 0
+    base_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunParts:
+    """Everything one run needs, built once: model (at θ_zs), method, context, data, evaluator."""
+
+    bundle: ClipBundle
+    method: Method
+    train_cfg: TrainConfig
+    model: nn.Module
+    theta_zs: dict[str, torch.Tensor]
+    ctx: MethodContext
+    data: TaskData
+    evaluator: Evaluator
+
+
+def prepare(setup: StudySetup, params: dict[str, Any], device: torch.device | str = "cpu"
+            ) -> RunParts:
+    """Build model, method, data and evaluator for one run; raises ConfigError/DataError early."""
+    device = torch.device(device)
+    cls = get_method_class(setup.method)
+    train_cfg, method_params = split_config({**setup.base_params, **params}, cls.Params)
+    method = cls(method_params, train_cfg)
+    torch.manual_seed(train_cfg.seed)   # a random-init model (tests, from-scratch) is seeded too
+    bundle = create_clip(setup.model, setup.pretrained, device)
+    spec = load_spec(setup.data)
+    data = build_task_data(spec, bundle.preprocess_train, bundle.preprocess_val,
+                           seed=train_cfg.seed, anchors=cls.anchor_sets)
+    model = build_classifier(bundle.clip, bundle.tokenizer, list(spec.classes),
+                             list(spec.templates), device)
+    theta_zs = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    reference = None
+    if cls.uses_reference:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    ctx = MethodContext(classnames=list(spec.classes), templates=list(spec.templates),
+                        context_templates=list(spec.context_templates), tokenizer=bundle.tokenizer,
+                        device=device, zs_logit_scale=float(logit_scale(bundle.clip).detach()),
+                        reference=reference)
+    evaluator = Evaluator(data, bundle.tokenizer, device, batch_size=setup.eval_batch_size,
+                          num_workers=train_cfg.num_workers)
+    return RunParts(bundle, method, train_cfg, model, theta_zs, ctx, data, evaluator)
+
+
+def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: StudySetup
+                    ) -> dict[str, float]:
+    """Select α on ID val, then evaluate for reporting; returns the flat final metrics."""
+    model, method, evaluator = parts.model, parts.method, parts.evaluator
+    keys = method.trained_names(model)
+
+    def load(alpha: float) -> nn.Module:
+        model.load_state_dict(interpolate(parts.theta_zs, theta_ft, alpha, keys))
+        return model
+
+    def id_val_at(alpha: float) -> float:
+        return evaluator.evaluate(load(alpha), method, SELECTION)[M.ID_VAL]
+
+    start = time.perf_counter()
+    alpha, curve = select_alpha(id_val_at, setup.wise_strategy, list(setup.wise_grid),
+                                setup.wise_evaluations)
+    select_s = time.perf_counter() - start
+    out: dict[str, float] = {OBJECTIVE: curve[alpha], "wise_alpha": alpha, FINAL: 1.0,
+                             "time/wise_select_s": select_s,
+                             "wise_evaluations": float(len(curve))}
+    # Reporting only, after selection: OOD along the curve (frontier plot), everything at α=1, α*.
+    ood_sets = [k for k in evaluator.sets if k.startswith("ood/")]
+    for a, id_val in sorted(curve.items()):
+        out[M.curve(a, M.ID_VAL)] = id_val
+        if ood_sets:
+            for name, value in evaluator.evaluate(load(a), method, ood_sets).items():
+                out[M.curve(a, name)] = value
+    for prefix, a in (("ft", 1.0), ("wise", alpha)):
+        for name, value in evaluator.evaluate(load(a), method, evaluator.report_sets).items():
+            out[M.at(prefix, name)] = value
+    out["time/report_eval_s"] = time.perf_counter() - start - select_s
+    model.load_state_dict(theta_ft)
+    return out
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train per-worker function: train, report per epoch, then WiSE-select and report."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from trainables.loop import train
+
+    setup = StudySetup(**loop_config["setup"])
+    if setup.torch_threads:
+        torch.set_num_threads(setup.torch_threads)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    parts = prepare(setup, loop_config["params"], device)
+    run_config = {"method": setup.method, "model": setup.model, "pretrained": setup.pretrained,
+                  "classes": list(parts.data.spec.classes), "params": loop_config["params"]}
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state, _, resume = load_checkpoint(ckpt_dir, device)
+        parts.model.load_state_dict(state)
+
+    def report(metrics: dict[str, float], state: dict[str, torch.Tensor] | None,
+               loop_state=None) -> None:
+        if rank != 0 or state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(tmp, state, run_config, loop_state)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+    def on_epoch_end(epoch_report, snapshot) -> None:
+        metrics = {M.EPOCH: epoch_report.epoch, M.TRAIN_LOSS: epoch_report.train_loss,
+                   "time/epoch_train_s": epoch_report.seconds,
+                   **{f"train/{k}": v for k, v in epoch_report.terms.items()}}
+        if rank == 0:
+            start = time.perf_counter()
+            metrics.update(parts.evaluator.evaluate(parts.model, parts.method, SELECTION))
+            metrics[OBJECTIVE] = metrics[M.ID_VAL]
+            metrics["time/epoch_eval_s"] = time.perf_counter() - start
+        report(metrics, parts.model.state_dict() if rank == 0 else None, snapshot())
+
+    def make_loader(*args, **kwargs):
+        from trainables.loop import default_loader
+        return ray.train.torch.prepare_data_loader(default_loader(*args, **kwargs))
+
+    reports = []
+    if not parts.method.trains_nothing and (resume is None or resume.stage_index <
+                                            len(parts.method.stages())):
+        reports = train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg,
+                        device=device, eval_transform=parts.bundle.preprocess_val,
+                        on_epoch_end=on_epoch_end, resume=resume, make_loader=make_loader,
+                        wrap_module=ray.train.torch.prepare_model)
+    final: dict[str, float] = {M.EPOCH: (reports[-1].epoch if reports else
+                                         (resume.global_epoch if resume else 0)) + 1}
+    theta_ft = parts.method.final_state_dict(parts.model)
+    if rank == 0:
+        final.update(wise_evaluation(parts, theta_ft, setup))
+    report(final, theta_ft if rank == 0 else None)
+
+
+def setup_dict(setup: StudySetup) -> dict[str, Any]:
+    """The setup as a plain dict (what travels to the workers in ``train_loop_config``)."""
+    return asdict(setup)

@@ -1,0 +1,235 @@
+"""The one training loop for every method.
+
+AdamW, linear warm-up then cosine decay (torch's schedulers), global grad-norm clipping, bf16
+autocast on CUDA, optional cached image features for stages whose image tower is frozen (LP), and
+anchor batches drawn beside each task batch (ARF). The frozen reference model lives in the
+method's context (eval mode, no grad) and never in the optimizer.
+
+Distribution is injected, not imported: ``wrap_module`` (e.g. ``ray.train.torch.prepare_model``)
+wraps the per-step module, which is what DDP must see, and ``make_loader`` (e.g. with
+``ray.train.torch.prepare_data_loader``) shards the data. The defaults run in one process.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .config import TrainConfig
+from .data import LabeledImages, TaskData, pair_collate
+from .methods.base import Batch, Method, MethodContext, Stage
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the trial fails with this error."""
+
+
+@dataclass
+class EpochReport:
+    """What one finished epoch reports; ``epoch`` counts across stages from 1."""
+
+    stage: str
+    epoch: int
+    train_loss: float
+    terms: dict[str, float]
+    steps: int
+    seconds: float
+
+
+@dataclass
+class LoopState:
+    """Where to resume: the next (stage, epoch) and the optimizer/scheduler/method states."""
+
+    stage_index: int = 0
+    epoch_in_stage: int = 0
+    global_epoch: int = 0
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    method: dict[str, Any] = field(default_factory=dict)
+
+
+class _StepModule(nn.Module):
+    """Holds the trainable model so DDP hooks every parameter the method's loss touches."""
+
+    def __init__(self, model: nn.Module, method: Method, ctx: MethodContext):
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.ctx = ctx  # plain attribute: the reference model is not a submodule
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.method.loss(self.model, batch, self.ctx)
+
+
+def default_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int,
+                   collate_fn: Callable | None = None, num_workers: int = 0) -> DataLoader:
+    """A single-process loader; shuffling is seeded so runs are reproducible."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      drop_last=shuffle and len(dataset) > batch_size, collate_fn=collate_fn,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
+                       ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total`` steps."""
+    warmup = max(0, min(warmup, total - 1))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if warmup == 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1),
+                                               end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+@torch.no_grad()
+def cache_image_features(model: nn.Module, dataset: LabeledImages, transform: Callable,
+                         device: torch.device, batch_size: int = 256) -> TensorDataset:
+    """Features (N, D) and labels (N,) of ``dataset`` under eval ``transform`` (frozen tower)."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(LabeledImages(dataset.samples, transform), batch_size=batch_size)
+    feats, labels = [], []
+    for images, y in loader:
+        feats.append(model.image_features(images.to(device)).float().cpu())
+        labels.append(y)
+    model.train(was_training)
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
+def _cycle(loader: DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
+          cfg: TrainConfig, *, device: torch.device | str = "cpu",
+          eval_transform: Callable | None = None,
+          on_epoch_end: Callable[[EpochReport, Callable[[], LoopState]], None] | None = None,
+          resume: LoopState | None = None,
+          wrap_module: Callable[[nn.Module], nn.Module] = lambda m: m,
+          make_loader: Callable[..., DataLoader] = default_loader) -> list[EpochReport]:
+    """Train ``model`` in place with ``method``; returns the per-epoch reports.
+
+    ``on_epoch_end(report, snapshot)`` is called after every epoch; ``snapshot()`` returns the
+    :class:`LoopState` to checkpoint (the model's weights are the caller's to save). A NaN/inf
+    loss raises :class:`NonFiniteLossError`.
+    """
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    method.setup(model, ctx)
+    resume = resume or LoopState()
+    if resume.method:
+        method.load_extra_state(resume.method)
+    reports: list[EpochReport] = []
+    global_epoch = resume.global_epoch
+    anchor_iters = {name: _cycle(make_loader(ds, cfg.batch_size, True, cfg.seed + 7,
+                                             pair_collate(ctx.tokenizer), cfg.num_workers))
+                    for name, ds in data.anchors.items() if name in method.anchor_sets}
+    missing = [a for a in method.anchor_sets if a not in anchor_iters]
+    if missing:
+        raise ValueError(f"method {method.name} needs anchor set(s) {missing}; prepare them first")
+
+    for stage_index, stage in enumerate(method.stages()):
+        if stage_index < resume.stage_index:
+            continue
+        for name, p in model.named_parameters():
+            p.requires_grad_(stage.trains(name))
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            continue
+        epochs = stage.epochs or cfg.epochs
+        if stage.cache_features:
+            dataset: Dataset = cache_image_features(model, data.train,
+                                                    eval_transform or data.val.transform, device)
+        else:
+            dataset = data.train
+        loader = make_loader(dataset, cfg.batch_size, True, cfg.seed, None, cfg.num_workers)
+        steps_per_epoch = len(loader)
+        if cfg.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        optimizer = torch.optim.AdamW(params, lr=stage.lr or cfg.lr,
+                                      weight_decay=cfg.weight_decay if stage.weight_decay is None
+                                      else stage.weight_decay)
+        scheduler = method.lr_scheduler(optimizer, stage, steps_per_epoch, cosine_with_warmup(
+            optimizer, cfg.warmup_steps, steps_per_epoch * epochs))
+        first_epoch = 0
+        if stage_index == resume.stage_index and resume.optimizer is not None:
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+            first_epoch = resume.epoch_in_stage
+        step_module = wrap_module(_StepModule(model, method, ctx))
+        for epoch in range(first_epoch, epochs):
+            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            # Every epoch's randomness (shuffling, augmentation) is a function of (seed, epoch),
+            # so a run resumed from a checkpoint continues exactly as if never interrupted.
+            torch.manual_seed(cfg.seed * 1000 + global_epoch)
+            if isinstance(getattr(loader, "generator", None), torch.Generator):
+                loader.generator.manual_seed(cfg.seed * 1000 + global_epoch)
+            start, total, terms_sum, steps = time.perf_counter(), 0.0, {}, 0
+            for x, y in itertools.islice(loader, steps_per_epoch):
+                batch = Batch(labels=y.to(device))
+                if stage.cache_features:
+                    batch.features = x.to(device)
+                else:
+                    batch.images = x.to(device)
+                for name, it in anchor_iters.items():
+                    images, tokens = next(it)
+                    batch.anchors[name] = (images.to(device), tokens.to(device))
+                with _autocast(device, cfg.precision):
+                    terms = step_module(batch)
+                loss = sum(terms.values())
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"non-finite loss {loss.item()} at stage {stage.name} epoch {epoch + 1} "
+                        f"step {steps + 1} (terms {({k: v.item() for k, v in terms.items()})}); "
+                        "lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                method.after_step(model)
+                total += loss.item()
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + v.item()
+                steps += 1
+            method.on_epoch_end(model, epoch, stage)
+            global_epoch += 1
+            report = EpochReport(stage.name, global_epoch, total / max(steps, 1),
+                                 {k: v / max(steps, 1) for k, v in terms_sum.items()}, steps,
+                                 time.perf_counter() - start)
+            reports.append(report)
+            log.info("stage %s epoch %d: loss %.4f (%d steps, %.1fs)", stage.name,
+                     global_epoch, report.train_loss, steps, report.seconds)
+            if on_epoch_end is not None:
+                next_stage, next_epoch = ((stage_index, epoch + 1) if epoch + 1 < epochs
+                                          else (stage_index + 1, 0))
+
+                def snapshot(ns=next_stage, ne=next_epoch, ge=global_epoch) -> LoopState:
+                    same = ns == stage_index
+                    return LoopState(ns, ne, ge, optimizer.state_dict() if same else None,
+                                     scheduler.state_dict() if same else None,
+                                     method.extra_state())
+                on_epoch_end(report, snapshot)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return reports
+

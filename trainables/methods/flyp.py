@@ -1,0 +1,73 @@
+"""FLYP (Goyal et al., CVPR 2023, "Finetune like you pretrain").
+
+Loss: ½[CE(s·F Tᵀ, arange B) + CE(s·T Fᵀ, arange B)] (open_clip ``ClipLoss``) between each image
+and ONE template drawn at random (independently per image) filled with its class name.
+
+Trains both towers and logit_scale; evaluation rebuilds the head from the text tower. Same-class
+pairs in a batch are negatives by default (the paper found masking them slightly worse);
+``mask_same_class`` removes them from the denominators. After every step logit_scale is clamped
+to ≤ ln(100) as open_clip's trainer does; FLYP's own code does not clamp (with lr ~1e-5 the
+scale hardly moves, so the clamp only guards long or high-lr runs).
+Templates are drawn from a generator seeded with TrainConfig.seed, so runs are reproducible and
+independent of other users of the global RNG.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import (Batch, Method, MethodContext, is_image_tower, is_logit_scale, is_text_tower,
+                   register)
+from .common import (class_prompt_tokens, contrastive_loss, image_features,
+                     same_class_masked_contrastive_loss)
+
+MAX_LOGIT_SCALE = math.log(100)
+
+
+@dataclass(frozen=True)
+class FlypParams:
+    """``mask_same_class``: leave other same-class pairs out of the contrastive denominators."""
+
+    mask_same_class: bool = False
+
+
+@register
+class Flyp(Method):
+    """FLYP (Goyal et al., CVPR 2023). Loss: CLIP contrastive loss over (image, class prompt)."""
+
+    name = "flyp"
+    Params = FlypParams
+    head_from_text = True
+
+    def trains(self, name: str) -> bool:
+        return is_image_tower(name) or is_text_tower(name) or is_logit_scale(name)
+
+    def setup(self, model: nn.Module, ctx: MethodContext) -> None:
+        self._tokens = class_prompt_tokens(ctx.tokenizer, ctx.classnames, ctx.templates,
+                                           ctx.device)  # (K, T, L)
+        self._generator = torch.Generator().manual_seed(self.train.seed)
+
+    def prompt_tokens(self, labels: torch.Tensor) -> torch.Tensor:
+        """For each label one template drawn uniformly at random: tokens (B, L)."""
+        draws = torch.randint(self._tokens.shape[1], (len(labels),), generator=self._generator)
+        return self._tokens[labels.to(self._tokens.device), draws.to(self._tokens.device)]
+
+    def class_prompt_loss(self, model: nn.Module, image_feats: torch.Tensor,
+                          labels: torch.Tensor) -> torch.Tensor:
+        """FLYP's loss between (B, D) image features and their randomly templated class prompts."""
+        text_feats = model.text_features(self.prompt_tokens(labels))  # (B, D)
+        scale = model.clip.logit_scale.exp()
+        if self.params.mask_same_class:
+            return same_class_masked_contrastive_loss(image_feats, text_feats, labels, scale)
+        return contrastive_loss(image_feats, text_feats, scale)
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        return {"contrastive_loss":
+                self.class_prompt_loss(model, image_features(model, batch), batch.labels)}
+
+    def after_step(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)

@@ -1,0 +1,30 @@
+"""Linear probing (Radford et al., 2021; Kumar et al., 2022 for LP as a robustness baseline).
+
+Loss: CE(head(f_zs(x)), y) on cached, frozen, normalised image features; only the head trains.
+The head starts from the zero-shot head s·W_cls (so LP starts at zero-shot accuracy), and its lr is
+TrainConfig.lr (searched), trained with the loop's optimizer rather than L-BFGS.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Batch, Method, MethodContext, Stage, is_head, register
+from .common import cross_entropy, image_features
+
+
+@register
+class LinearProbe(Method):
+    """Linear probe on frozen CLIP features. Loss: CE(head(f(x)), y) (label smoothing optional)."""
+
+    name = "lp"
+
+    def trains(self, name: str) -> bool:
+        return is_head(name)
+
+    def stages(self) -> list[Stage]:
+        return [Stage("lp", self.trains, cache_features=True)]
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        logits = model.head(image_features(model, batch))  # (B, K)
+        return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}

@@ -1,0 +1,122 @@
+"""Model creation through open_clip.
+
+The project's own architecture JSON files (``trainables/model_configs/*.json``) are registered with
+open_clip when this module is imported. Ray Train workers import it through ``trainables``, so the
+registration is seen in every process (an ``add_model_config`` done only in the driver is not).
+
+``pretrained`` is either an open_clip tag (``"openai"``, ``"laion2b_s34b_b79k"``: downloaded when
+online) or a local weights file (``.safetensors``, or a torch checkpoint loaded with
+``weights_only=True``). The default is the tiny CLIP shipped for the embedded world.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+from torch import nn
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+ASSET_DIR = Path(__file__).parent / "assets"
+
+#: The embedded default: a tiny ViT CLIP pretrained on the generated world (see trainables/world).
+DEFAULT_MODEL = "tiny-clip-32"
+DEFAULT_PRETRAINED = str(ASSET_DIR / "tiny-clip-32.safetensors")
+
+
+class ModelError(ValueError):
+    """A model name or weights file that cannot be used; the message names the fix."""
+
+
+def register_model_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Register every ``*.json`` architecture in ``config_dir`` with open_clip; returns the names."""
+    names = []
+    for path in sorted(config_dir.glob("*.json")):
+        open_clip.add_model_config(path)
+        names.append(path.stem)
+    return names
+
+
+PROJECT_MODELS = register_model_configs()
+
+
+@dataclass
+class ClipBundle:
+    """An open_clip model with its preprocessing and tokenizer."""
+
+    clip: nn.Module
+    preprocess_train: Callable[[Any], torch.Tensor]
+    preprocess_val: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[..., torch.Tensor]
+    name: str
+    pretrained: str | None
+
+
+def _is_local_file(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+
+
+def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
+                device: str | torch.device = "cpu") -> ClipBundle:
+    """Create an open_clip model, its train/val transforms and its real tokenizer.
+
+    ``pretrained=None`` gives a random initialisation (tests). A local file must exist and match
+    the architecture; otherwise a :class:`ModelError` says which and how to fix it.
+    """
+    if name not in open_clip.list_models():
+        raise ModelError(f"unknown model architecture {name!r}: use one of open_clip.list_models() "
+                         f"or add a JSON config under {CONFIG_DIR}")
+    if pretrained and _is_local_file(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ModelError(f"weights file not found: {path} (pass --pretrained with an existing "
+                             "file or an open_clip tag)")
+        pretrained = str(path)
+    try:
+        clip, pre_train, pre_val = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained or None, device=device, weights_only=True)
+    except RuntimeError as err:  # load_state_dict(strict=True) on a mismatched file
+        if "state_dict" in str(err) or "size mismatch" in str(err):
+            raise ModelError(f"weights {pretrained} do not fit architecture {name!r} (pass the "
+                             "--model the weights were trained with)") from None
+        raise
+    tokenizer = open_clip.get_tokenizer(name)
+    return ClipBundle(clip, pre_train, pre_val, tokenizer, name, pretrained)
+
+
+def logit_scale(clip: nn.Module) -> torch.Tensor:
+    """CLIP's learned temperature ``s = exp(logit_scale)`` (a 0-dim tensor)."""
+    return clip.logit_scale.exp()
+
+
+class ClipClassifier(nn.Module):
+    """CLIP with a linear head over L2-normalised image features.
+
+    ``head.weight`` is (K, D) and starts as ``s * W_cls`` for cross-entropy methods (wise-ft's
+    convention, so that WiSE interpolation of the head is meaningful). Methods that classify with
+    text embeddings ignore the head and rebuild it from the text tower at evaluation.
+    """
+
+    def __init__(self, clip: nn.Module, head_weight: torch.Tensor):
+        super().__init__()
+        self.clip = clip
+        num_classes, dim = head_weight.shape
+        self.head = nn.Linear(dim, num_classes, bias=True)
+        with torch.no_grad():
+            self.head.weight.copy_(head_weight)
+            self.head.bias.zero_()
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D), L2-normalised."""
+        return self.clip.encode_image(images, normalize=True)
+
+    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T, L) token ids -> (T, D), L2-normalised."""
+        return self.clip.encode_text(tokens, normalize=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K) logits of the linear head."""
+        return self.head(self.image_features(images))
