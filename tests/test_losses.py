@@ -264,7 +264,7 @@ def test_clip_cite_terms(micro_classifier, make_context, tiny_task, micro_bundle
 def test_l2sp_term(micro_classifier, make_context, tiny_task):
     model = micro_classifier
     method = make_method("l2-sp", beta=0.3)
-    method.setup(model, make_context(model, reference=False))
+    method.setup(model, make_context(model, reference=True))
     batch = Batch(labels=tiny_task.labels, images=tiny_task.images)
     assert method.loss(model, batch, None)["l2sp_loss"].item() == 0.0
     delta, n_image = 0.01, 0

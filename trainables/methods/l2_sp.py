@@ -1,8 +1,9 @@
 """L2-SP (Li, Grandvalet & Davoine, ICML 2018, "Explicit Inductive Bias for Transfer Learning").
 
 Loss: CE(head(f_θ(x)), y) + β·Σ‖θ − θ_zs‖² over the image encoder's parameters (the head is new
-to the task, so it is not pulled towards a starting point). θ_zs is snapshotted in ``setup`` as
-detached tensors (not parameters, so no optimizer or state dict sees them).
+to the task, so it is not pulled towards a starting point). θ_zs is read from the frozen reference
+model (``uses_reference``), never from the model being trained: a trial resumed from a checkpoint
+must still be pulled towards the zero-shot weights, not towards where it was interrupted.
 """
 from __future__ import annotations
 
@@ -42,9 +43,12 @@ class L2Sp(FineTune):
 
     name = "l2-sp"
     Params = L2SpParams
+    uses_reference = True
 
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
-        self._anchor = {n: p.detach().clone() for n, p in model.named_parameters()
+        if ctx.reference is None:
+            raise ValueError("l2-sp needs the frozen zero-shot reference model in its context")
+        self._anchor = {n: p.detach() for n, p in ctx.reference.named_parameters()
                         if is_image_tower(n)}
 
     def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
