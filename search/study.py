@@ -116,16 +116,16 @@ class Study:
         tracking_uri = args.tracking_uri or f"sqlite:///{output / 'mlflow.db'}"
         if not tracking_uri.startswith("sqlite"):
             ensure_tracking(tracking_uri)       # reachable before any training
+        from .ray_setup import init_ray
+        init_ray(args.address, setup, max_conc)  # raises ResourceError if a trial cannot fit
         return cls(args, setup, space, name, output, tracking_uri, num_samples, max_conc, seed,
                    parts)
 
     # --- running ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from .ray_setup import init_ray
         from .tracking import StudyRecorder, ensure_tracking
 
         method = self.parts.method
-        init_ray(self.args.address, self.setup, self.max_concurrent)
         self.output.mkdir(parents=True, exist_ok=True)
         ensure_tracking(self.tracking_uri)
         recorder = StudyRecorder(self.tracking_uri, self.args.experiment, self.name)
@@ -157,7 +157,7 @@ class Study:
         storage = self.output / "ray"
         callbacks = [MlflowTuneCallback(recorder)]
         if self.args.resume:
-            tuner = restore_tuner(self.setup, self.name, storage, callbacks)
+            tuner = restore_tuner(self.setup, self.name, storage)
         else:
             params = tune_param_space(self.space)
             params = {k: v for k, v in params.items() if k not in self.setup.base_params}
@@ -205,8 +205,8 @@ class Study:
             summary["soups"] = self._soups(finished, best)
         importances = self._importances(finished)
         summary["importances"] = importances
-        recorder.finish(best=best, summary=summary, trials=finished,
-                        importances=importances)
+        recorder.finish(best=best, table=summary["metrics"], frontier_points=finished,
+                        soups=summary.get("soups", {}), importances=importances)
         return summary
 
     def _soups(self, finished: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:

@@ -85,9 +85,11 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
     )
 
 
-def restore_tuner(setup: StudySetup, study_name: str, storage_path: Path, callbacks: list
-                  ) -> tune.Tuner:
-    """Re-open a killed study: finished trials are kept, unfinished ones restarted."""
+def restore_tuner(setup: StudySetup, study_name: str, storage_path: Path) -> tune.Tuner:
+    """Re-open a killed study: finished trials are kept, unfinished ones restarted.
+
+    Ray restores the Tuner's callbacks (the MLflow callback) from the pickled run config, so the
+    recorder reattaches to the same parent run."""
     setup = replace(setup, storage_path=str(storage_path))
     trainable = tune.with_parameters(run_trial, setup=setup)
     return tune.Tuner.restore(str(storage_path / study_name), trainable=trainable,

@@ -2,6 +2,10 @@
 
 Selection (Optuna's objective, ASHA, the WiSE α, greedy soups) may read only :data:`ID_VAL`;
 :func:`is_selectable` is the guard the selection code asserts with.
+
+Every set reports top-1 accuracy (``…/acc``); a spec may ask for more kinds per set
+(:data:`MACRO_F1` for iWildCam, :data:`WORST_GROUP_ACC` for FMoW's worst region), named by
+:func:`with_kind`. Base-to-new few-shot runs also report B, N and their harmonic mean.
 """
 from __future__ import annotations
 
@@ -11,6 +15,17 @@ OOD_AVG = "ood/avg_acc"
 ZEROSHOT_AVG = "zeroshot/avg_acc"
 TRAIN_LOSS = "train/loss"
 EPOCH = "epoch"
+
+# Kinds of per-set metrics: accuracy always, the others when the dataset spec asks for them.
+ACC = "acc"
+MACRO_F1 = "macro_f1"                 # mean over the classes present in the labels of per-class F1
+WORST_GROUP_ACC = "worst_group_acc"   # min over groups (CSV column ``group``) of group accuracy
+METRIC_KINDS = (ACC, MACRO_F1, WORST_GROUP_ACC)
+
+# Base-to-new few-shot protocol (CoCoOp): base = ID test, new = the held-back classes' test set.
+B2N_BASE = "b2n/base_acc"
+B2N_NEW = "b2n/new_acc"
+B2N_HM = "b2n/hm"                     # harmonic mean 2BN / (B + N)
 
 
 def ood(name: str) -> str:
@@ -26,6 +41,19 @@ def zeroshot(name: str) -> str:
 def context(name: str) -> str:
     """Accuracy on the context task ``name`` (e.g. style recognition)."""
     return f"context/{name}/acc"
+
+
+def with_kind(metric: str, kind: str) -> str:
+    """The same set's metric of another kind: ``with_kind("ood/x/acc", MACRO_F1)`` ->
+    ``"ood/x/macro_f1"``; ``with_kind(OOD_AVG, MACRO_F1)`` -> ``"ood/avg_macro_f1"``."""
+    if kind not in METRIC_KINDS:
+        raise ValueError(f"unknown metric kind {kind!r}; known: {METRIC_KINDS}")
+    head, _, last = metric.rpartition("/")
+    if last == "avg_acc":
+        return f"{head}/avg_{kind}"
+    if last != ACC:
+        raise ValueError(f"{metric!r} is not an accuracy metric name")
+    return f"{head}/{kind}"
 
 
 def at(prefix: str, metric: str) -> str:

@@ -82,6 +82,13 @@ def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRET
         if "state_dict" in str(err) or "size mismatch" in str(err):
             raise ModelError(f"weights {pretrained} do not fit architecture {name!r} (pass the "
                              "--model the weights were trained with)") from None
+        if "download" in str(err).lower() or "not a known tag" in str(err):   # tag offline/unknown
+            offline = " with HF_HUB_OFFLINE set" if os.environ.get("HF_HUB_OFFLINE") else ""
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ModelError(f"pretrained weights {pretrained!r} for {name!r} cannot be loaded"
+                             f"{offline} (known tags: {tags or 'none'}): download them once online"
+                             " into the Hugging Face cache, or pass --pretrained with a local "
+                             "weights file") from None
         raise
     tokenizer = open_clip.get_tokenizer(name)
     return ClipBundle(clip, pre_train, pre_val, tokenizer, name, pretrained)

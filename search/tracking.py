@@ -1,0 +1,377 @@
+"""MLflow tracking of a study: one parent run per study, one nested child run per Tune trial.
+
+Only the driver writes (Tune callbacks run in the driver process), through ``MlflowClient`` and
+never MLflow's fluent global state, so a sqlite store sees a single writer. Runs are found again by
+tag (parent: ``study_name`` + ``run_kind=study``; child: ``mlflow.parentRunId`` + ``trial_id``), so
+a resumed study re-opens its parent and its trials' children instead of duplicating them.
+
+:class:`MlflowTuneCallback` is pickled into Tune's ``tuner.pkl`` (``Tuner.restore`` re-uses it), so
+it holds only the tracking URI and run ids and opens its client lazily.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+from unittest import mock
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+from ray.tune.utils import flatten_dict
+
+from .plots import study_frontier_png, trial_frontier_png
+
+STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
+PARENT_TAG = "mlflow.parentRunId"
+CURVE_PREFIX = "wise_curve/"
+MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
+#: Ray's bookkeeping keys in a result (ray.tune.result.AUTO_RESULT_KEYS and friends): not metrics
+BOOKKEEPING = frozenset({
+    "done", "trial_id", "experiment_id", "experiment_tag", "date", "timestamp", "hostname",
+    "node_ip", "pid", "config", "training_iteration", "epoch", "time_this_iter_s", "time_total_s",
+    "time_since_restore", "timesteps_since_restore", "iterations_since_restore", "timesteps_total",
+    "episodes_total", "checkpoint_path", "checkpoint_dir_name", "should_checkpoint"})
+_BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
+
+
+class TrackingError(ValueError):
+    """The tracking store cannot be used; the one-line message names the URI and the fix."""
+
+
+def ensure_tracking(uri: str) -> None:
+    """Check that the MLflow store at ``uri`` can be written, before any training starts.
+
+    sqlite: creates the database's folder. http(s) and other servers: one ``search_experiments``
+    call with no retries and a 5 s timeout. The file store (MLflow 3 refuses it) is an error.
+    """
+    parsed = urlparse(uri)
+    fix_local = "pass --tracking-uri sqlite:///runs/mlflow.db (or a running server's http URL)"
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise TrackingError(f"tracking URI {uri}: needs a database file; fix: {fix_local}")
+        folder = Path(path).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"tracking URI {uri}: cannot create {folder} ({exc.strerror}); "
+                                f"fix: {fix_local}") from None
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking URI {uri}: {folder} is not writable; "
+                                f"fix: {fix_local}")
+        return
+    if parsed.scheme in ("", "file"):
+        raise TrackingError(f"tracking URI {uri}: MLflow 3 refuses the file store; "
+                            f"fix: {fix_local}")
+    fail_fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    with mock.patch.dict(os.environ, fail_fast):  # restores the environment afterwards
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise TrackingError(
+                f"tracking URI {uri} is not reachable ({reason}); fix: start the server (mlflow "
+                f"server --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000 "
+                f"--workers 1) or {fix_local}") from None
+
+
+def _flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested mappings as one level, keys joined with ``/`` (Ray's own flattening)."""
+    return flatten_dict(dict(values), delimiter="/")
+
+
+def _key(name: str) -> str:
+    """A metric/param name MLflow accepts (letters, digits, ``_-. /``)."""
+    return _BAD_KEY_CHARS.sub("_", name)
+
+
+def _log_params(client: MlflowClient, run_id: str, values: Mapping[str, Any]) -> None:
+    """Log params not yet on the run (params are immutable); a changed value becomes a tag."""
+    logged = client.get_run(run_id).data.params
+    new: list[Param] = []
+    for key, value in _flatten(values).items():
+        key, text = _key(key), str(value)[:MAX_PARAM_CHARS]
+        if key not in logged:
+            new.append(Param(key, text))
+        elif logged[key] != text:
+            client.set_tag(run_id, f"changed_param/{key}", text[:MAX_TAG_CHARS])
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i:i + 100])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, Any], step: int) -> None:
+    """Log every real-number value (bools and non-numbers skipped) at ``step``."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(_key(k), float(v), now, step) for k, v in values.items()
+               if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every run of the experiment matching ``filter_string`` (all pages), newest first."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _log_png(client: MlflowClient, run_id: str, draw: Any, name: str, *args: Any) -> None:
+    """Draw a plot into a temporary file with ``draw(*args, path)`` and log it under ``plots/``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = draw(*args, Path(tmp) / name)
+        if path is not None:
+            client.log_artifact(run_id, str(path), "plots")
+
+
+def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
+    """The metric values of a Tune result: numeric, not Ray bookkeeping, not WiSE-curve points."""
+    return {k: v for k, v in _flatten(result).items()
+            if k not in BOOKKEEPING and not k.startswith((CURVE_PREFIX, "config/", "__"))
+            and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+
+
+def wise_curve(result: Mapping[str, Any]) -> dict[float, dict[str, float]]:
+    """``{alpha: {metric: value}}`` from a result's ``wise_curve/<alpha:.2f>/<metric>`` keys."""
+    curve: dict[float, dict[str, float]] = {}
+    for key, value in _flatten(result).items():
+        if key.startswith(CURVE_PREFIX) and isinstance(value, numbers.Real):
+            alpha, _, metric = key[len(CURVE_PREFIX):].partition("/")
+            curve.setdefault(float(alpha), {})[metric] = float(value)
+    return dict(sorted(curve.items()))
+
+
+class StudyRecorder:
+    """The study's parent run: opened (or re-opened on resume) by :meth:`start`, closed by
+    :meth:`finish` with the selected trial, the report table, the frontier plot and importances."""
+
+    def __init__(self, client: MlflowClient | str, experiment_name: str, study_name: str) -> None:
+        if "'" in study_name:
+            raise ValueError(f"study name {study_name!r} may not contain a quote")
+        self.client = MlflowClient(client) if isinstance(client, str) else client
+        self.study_name = study_name
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = (experiment.experiment_id if experiment is not None
+                              else self.client.create_experiment(experiment_name))
+        self.parent_run_id: str | None = None
+
+    def start(self, space_source_path: str | Path | None, resolved_config: Mapping[str, Any],
+              data_spec_path: str | Path | None, code_version: str, resume: bool) -> str:
+        """Open the parent run and log the study's inputs; return its run id.
+
+        ``resume``: re-open the newest parent tagged with this study name (a fresh one if none),
+        and mark its children still RUNNING as KILLED (their driver died). Without ``resume`` a
+        new parent is created even if the name was used before.
+        """
+        client, parent = self.client, None
+        if resume:
+            found = _search(client, self.experiment_id,
+                            f"tags.{STUDY_TAG} = '{self.study_name}' AND tags.{KIND_TAG} = 'study'")
+            parent = found[0] if found else None
+        if parent is None:
+            run = client.create_run(self.experiment_id, run_name=self.study_name, tags={
+                STUDY_TAG: self.study_name, KIND_TAG: "study", "code_version": code_version})
+            run_id = run.info.run_id
+        else:
+            run_id = parent.info.run_id
+            client.update_run(run_id, status="RUNNING")
+            resumes = int(parent.data.tags.get("resumes", "0")) + 1
+            client.set_tag(run_id, "resumes", str(resumes))
+            client.set_tag(run_id, f"code_version/resume_{resumes}", code_version)
+            self._close_orphans(run_id)
+        self.parent_run_id = run_id
+        _log_params(client, run_id, resolved_config)
+        client.log_dict(run_id, json.loads(json.dumps(resolved_config, default=str)), "config.json")
+        for tag, path in (("space_file", space_source_path), ("data_spec", data_spec_path)):
+            if path is not None:  # a folder (e.g. a generated data set) is named, not copied
+                client.set_tag(run_id, tag, str(path))
+                if Path(path).is_file():
+                    client.log_artifact(run_id, str(path), "inputs")
+        return run_id
+
+    def _close_orphans(self, parent_run_id: str) -> None:
+        """Mark children left RUNNING by a killed driver as KILLED, saying so in a tag."""
+        orphans = _search(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = "
+                          f"'{parent_run_id}' AND attributes.status = 'RUNNING'")
+        for run in orphans:
+            self.client.set_tag(run.info.run_id, "killed",
+                                "left RUNNING by a killed driver; closed when the study resumed")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def callback(self) -> "MlflowTuneCallback":
+        """The Tune callback that records this study's trials as nested runs."""
+        return MlflowTuneCallback(self)
+
+    def finish(self, best: Mapping[str, Any] | None, table: Mapping[str, Any],
+               frontier_points: list[Mapping[str, Any]], soups: Mapping[str, Any],
+               importances: Mapping[str, float]) -> None:
+        """Log the study's outcome on the parent run and mark it FINISHED.
+
+        ``best`` (None if no trial finished): ``trial_id``, ``params`` (or ``config``), its
+        ``wise_alpha`` (α chosen on ID val, or inside ``metrics``) and ``metrics`` (logged as
+        ``best/<name>``). ``table``: the report's final metrics, nested mappings flattened with
+        ``/`` (``{"wise": {"id_test/acc": ..}}`` -> ``wise/id_test/acc``). ``frontier_points``: one
+        dict per trial with ``trial_id`` and either ``curve`` (``{alpha: {metric: value}}``) plus
+        ``selected_alpha``, or ``metrics`` holding its ``wise_curve/...`` keys and ``wise_alpha``.
+        ``soups``: name -> its metrics (or a dict whose ``soup`` entry holds them), logged as
+        ``soup/<name>/<metric>`` and drawn as markers. ``importances``: ``importance/<param>``.
+        """
+        client, run_id = self.client, self._require_parent()
+        best = best or {}
+        best_id = str(best.get("trial_id", ""))
+        metrics = {f"best/{k}": v for k, v in metrics_of(best.get("metrics", {})).items()}
+        if best_id:
+            client.set_tag(run_id, "best_trial_id", best_id)
+            child = _search(client, self.experiment_id,
+                            f"tags.`{PARENT_TAG}` = '{run_id}' AND tags.{TRIAL_TAG} = '{best_id}'")
+            if child:
+                client.set_tag(run_id, "best_run_id", child[0].info.run_id)
+            params = best.get("params") or best.get("config") or {}
+            _log_params(client, run_id, {f"best/{k}": v for k, v in params.items()})
+            alpha = best.get("wise_alpha", best.get("metrics", {}).get("wise_alpha"))
+            if alpha is not None:
+                metrics["best/wise_alpha"] = alpha
+        metrics.update(_flatten(table))
+        soup_points = {name: s["soup"] if isinstance(s.get("soup"), Mapping) else s
+                       for name, s in soups.items() if isinstance(s, Mapping)}
+        for name, values in soup_points.items():
+            metrics.update({f"soup/{name}/{k}": v for k, v in metrics_of(values).items()})
+        metrics.update({f"importance/{k}": v for k, v in importances.items()})
+        _log_metrics(client, run_id, metrics, step=0)
+        trials = [{**_frontier_trial(t), "best": str(t.get("trial_id")) == best_id}
+                  for t in frontier_points]
+        _log_png(client, run_id, lambda t, s, p: study_frontier_png(t, p, s), "study_frontier.png",
+                 trials, soup_points)
+        summary = {"study_name": self.study_name, "best": best, "table": table, "soups": soups,
+                   "importances": importances, "frontier": trials}
+        client.log_dict(run_id, json.loads(json.dumps(summary, default=_json_default)),
+                        "summary.json")
+        client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, message: str) -> None:
+        """End the parent run FAILED (the driver could not finish), ``message`` as tag ``error``."""
+        run_id = self._require_parent()
+        self.client.set_tag(run_id, "error", message[:MAX_TAG_CHARS])
+        self.client.set_terminated(run_id, "FAILED")
+
+    def _require_parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("StudyRecorder.start() has not been called")
+        return self.parent_run_id
+
+
+def _frontier_trial(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``{trial_id, curve, selected_alpha}`` from a trial given by its curve or by its metrics."""
+    metrics = entry.get("metrics") or {}
+    curve = entry.get("curve") or wise_curve(metrics)
+    if any(isinstance(k, str) for k in curve):  # flat wise_curve/... keys
+        curve = wise_curve(curve)
+    return {"trial_id": str(entry.get("trial_id", "")), "curve": curve,
+            "selected_alpha": entry.get("selected_alpha", metrics.get("wise_alpha"))}
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars as floats, anything else JSON cannot write as its string."""
+    return float(value) if isinstance(value, numbers.Real) else str(value)
+
+
+class MlflowTuneCallback(Callback):
+    """Records each Tune trial as a child run nested under the study's parent run.
+
+    Start: params = ``trial.config``. Each result: its metrics at step ``epoch`` (else
+    ``training_iteration``). Complete: the WiSE curve as ``wise_curve/<metric>`` at step
+    ``round(100 α)``, ``wise_curve.json`` and ``plots/frontier.png``; FINISHED. Error: FAILED, tag
+    ``error`` = the traceback's last line, ``error.txt`` = Tune's error file.
+    """
+
+    def __init__(self, recorder: StudyRecorder | str, parent_run_id: str | None = None,
+                 study_name: str = "") -> None:
+        """``MlflowTuneCallback(recorder)`` after ``recorder.start()``, or with the tracking URI
+        and the parent run id: it keeps only those strings (it must pickle)."""
+        if isinstance(recorder, StudyRecorder):
+            parent_run_id, study_name = recorder._require_parent(), recorder.study_name
+            recorder = recorder.client.tracking_uri
+        if parent_run_id is None:
+            raise ValueError("MlflowTuneCallback needs the parent run id")
+        self.tracking_uri, self.parent_run_id, self.study_name = recorder, parent_run_id, study_name
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial: Any) -> str:
+        """The trial's child run: cached, else found by tag (a resumed study), else created."""
+        trial_id = str(trial.trial_id)
+        if trial_id not in self._runs:
+            parent = self.client.get_run(self.parent_run_id)
+            found = _search(self.client, parent.info.experiment_id,
+                            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' "
+                            f"AND tags.{TRIAL_TAG} = '{trial_id}'")
+            if found:
+                run_id = found[0].info.run_id
+                if found[0].info.status != "RUNNING":
+                    self.client.update_run(run_id, status="RUNNING")
+                    self.client.set_tag(run_id, "reopened", "trial resumed with the study")
+            else:
+                run_id = self.client.create_run(parent.info.experiment_id, run_name=trial_id, tags={
+                    PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, KIND_TAG: "trial",
+                    STUDY_TAG: self.study_name}).info.run_id
+            self._runs[trial_id] = run_id
+        return self._runs[trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _log_params(self.client, self.run_id(trial), dict(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        step = result.get("epoch", result.get("training_iteration", 0))
+        _log_metrics(self.client, self.run_id(trial), metrics_of(result), step=int(step or 0))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Tune has already passed every result (the last included) to on_trial_result.
+        run_id, result = self.run_id(trial), trial.last_result or {}
+        curve = wise_curve(result)
+        for alpha, values in curve.items():
+            _log_metrics(self.client, run_id, {CURVE_PREFIX + m: v for m, v in values.items()},
+                         step=round(alpha * 100))
+        if curve:
+            self.client.log_dict(run_id, {f"{a:.2f}": v for a, v in curve.items()},
+                                 "wise_curve.json")
+            title = f"WiSE-FT frontier of trial {trial.trial_id}"
+            _log_png(self.client, run_id, lambda c, a, p: trial_frontier_png(c, a, p, title),
+                     "frontier.png", curve, result.get("wise_alpha"))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        error_file = getattr(trial, "error_file", None)
+        text = ""
+        if error_file and Path(error_file).is_file():
+            text = Path(error_file).read_text(errors="replace")
+            self.client.log_artifact(run_id, error_file)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        self.client.set_tag(run_id, "error", (lines[-1] if lines else "unknown error (Tune "
+                                              "wrote no error file)")[:MAX_TAG_CHARS])
+        self.client.set_terminated(run_id, "FAILED")
+
+
+__all__ = ["MlflowTuneCallback", "StudyRecorder", "TrackingError", "ensure_tracking",
+           "metrics_of", "wise_curve"]
