@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray Train workers (DDP processes) per trial (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs per Train worker; fractions share a GPU (default 0: CPU)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0,
-                   help="CPUs reserved per Train worker (default 1)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved (and torch threads) per Train worker (default: on a "
+                        "local Ray, this machine's cores shared among concurrent workers; with "
+                        "--address, 1)")
     p.add_argument("--address", default=None,
                    help="join an existing Ray cluster (e.g. auto or HOST:6379); default: start "
                         "a local Ray instance")

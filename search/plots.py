@@ -2,7 +2,7 @@
 
 A WiSE curve is ``{alpha: {metric: value}}`` (metric names from :mod:`trainables.metrics`). The x
 axis is the mean OOD accuracy ``ood/avg_acc``; the y axis the ID accuracy, ``id_test/acc`` when the
-curve has it (the report's number), else ``id_val/acc``. Accuracies are plotted in percent.
+curve has it (the report's number), else ``id_val/acc``. Accuracies are percentages (as trainables.evaluate reports them).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _id_metric(curves: Sequence[Curve]) -> str:
 
 def _xy(curve: Curve, id_metric: str) -> list[tuple[float, float, float]]:
     """(alpha, OOD %, ID %) for each α with both metrics, sorted by α."""
-    return [(float(a), 100 * p[OOD_AVG], 100 * p[id_metric]) for a, p in sorted(curve.items())
+    return [(float(a), p[OOD_AVG], p[id_metric]) for a, p in sorted(curve.items())
             if OOD_AVG in p and id_metric in p]
 
 
@@ -122,7 +122,7 @@ def study_frontier_png(trials: Sequence[Mapping[str, Any]], path: str | Path,
     soup_markers = ["P", "X", "D", "^", "v"]
     for j, (name, metrics) in enumerate((soups or {}).items()):
         if OOD_AVG in metrics and id_metric in metrics:
-            ax.scatter(100 * metrics[OOD_AVG], 100 * metrics[id_metric], s=150, zorder=5,
+            ax.scatter(metrics[OOD_AVG], metrics[id_metric], s=150, zorder=5,
                        marker=soup_markers[j % len(soup_markers)], color="black",
                        label=f"{name} soup")
             drawn += 1

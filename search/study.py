@@ -95,7 +95,10 @@ class Study:
                              "(drop --resume to start one)")
         data = args.data.expanduser().resolve() if args.data else default_data()
         load_spec(data)
-        cpus = args.cpus_per_worker or 1.0
+        cpus = args.cpus_per_worker
+        if cpus is None:   # locally, give the concurrent workers this machine's cores
+            cpus = 1.0 if args.address else float(max(
+                1, (os.cpu_count() or 1) // (max_conc * args.workers_per_trial)))
         base = {k: d.value for k, d in space.params.items() if d.kind == "constant"} if space else {}
         base.setdefault("seed", seed)
         setup = StudySetup(
@@ -288,7 +291,7 @@ def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
             if k.startswith(prefix) and isinstance(v, (int, float)) and math.isfinite(v)}
 
 
-def _with_anchors(setup: StudySetup, method_cls, output: Path) -> Path:
+def _with_anchors(setup: StudySetup, method_cls, output: Path | None = None) -> Path:
     """The data spec, extended with retrieved anchors when the method needs them (ARF)."""
     spec = load_spec(setup.data)
     if "retrieved" in method_cls.anchor_sets and "retrieved" not in spec.anchors:
