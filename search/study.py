@@ -131,7 +131,10 @@ class Study:
         method = self.parts.method
         self.output.mkdir(parents=True, exist_ok=True)
         ensure_tracking(self.tracking_uri)
-        recorder = StudyRecorder(self.tracking_uri, self.args.experiment, self.name)
+        recorder = StudyRecorder(
+            self.tracking_uri, self.args.experiment, self.name,
+            artifact_location=self.output / "mlartifacts" if self.tracking_uri.startswith(
+                "sqlite") else None)
         parent = recorder.start(
             space_source_path=self.space.source if self.space else None,
             resolved_config=self.resolved_config(), data_spec_path=Path(self.setup.data),

@@ -156,14 +156,20 @@ class StudyRecorder:
     """The study's parent run: opened (or re-opened on resume) by :meth:`start`, closed by
     :meth:`finish` with the selected trial, the report table, the frontier plot and importances."""
 
-    def __init__(self, client: MlflowClient | str, experiment_name: str, study_name: str) -> None:
+    def __init__(self, client: MlflowClient | str, experiment_name: str, study_name: str,
+                 artifact_location: str | Path | None = None) -> None:
+        """``artifact_location``: where a NEW experiment stores artifacts. For a sqlite store pass
+        a folder under the run's output: MLflow's default is ``./mlruns`` in the current
+        directory, which would write outside ``--output``."""
         if "'" in study_name:
             raise ValueError(f"study name {study_name!r} may not contain a quote")
         self.client = MlflowClient(client) if isinstance(client, str) else client
         self.study_name = study_name
         experiment = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = (experiment.experiment_id if experiment is not None
-                              else self.client.create_experiment(experiment_name))
+                              else self.client.create_experiment(
+                                  experiment_name, artifact_location=None if artifact_location
+                                  is None else Path(artifact_location).resolve().as_uri()))
         self.parent_run_id: str | None = None
 
     def start(self, space_source_path: str | Path | None, resolved_config: Mapping[str, Any],
