@@ -52,13 +52,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 ORDER = ["zeroshot", "lp", "ft", "lp-ft", "l2-sp", "flyp", "car-ft", "clip-cite", "arf", "ce-swa"]
 
 
-def run_one(method: str, seed: int, data: str, model: str, pretrained: str | None
-            ) -> dict[str, float]:
+def run_one(method: str, seed: int, data: str, model: str, pretrained: str | None,
+            wise_grid: tuple[float, ...] = tuple(i / 10 for i in range(11))) -> dict[str, float]:
     """Train ``method`` once at its defaults and return the final metrics (ft/…, wise/…)."""
     from trainables.loop import train
     params = {**COMMON, **DEFAULTS[method], "seed": seed}
     setup = StudySetup(method=method, model=model, pretrained=pretrained, data=data,
-                       storage_path="unused")
+                       storage_path="unused", wise_grid=tuple(wise_grid))
     from .study import _with_anchors      # ARF: retrieved anchors, prepared once and cached
     setup = replace(setup, data=str(_with_anchors(setup, METHODS[method], Path("."))))
     if METHODS[method].trains_nothing:
@@ -91,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--output", type=Path, default=Path("runs/report"),
-                   help="where raw results (results.json), the table and the plot go")
+                   help="where raw results (results.json), the table and the plot go; finished "
+                        "runs found there are reused, so an interrupted report resumes")
+    p.add_argument("--wise-grid", type=float, nargs="+", default=[i / 10 for i in range(11)],
+                   help="α values evaluated on ID val (selection) and on OOD (frontier)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--table-only", action="store_true",
+                   help="write the table and plot from results.json without training")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.data is None:
         from trainables.world.generate import default_world_dir, ensure_world
         args.data = ensure_world(default_world_dir())
@@ -105,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [0] if METHODS[method].trains_nothing else args.seeds
         for seed in seeds:
             key = f"{method}/seed{seed}"
-            if key in raw:          # resumable: finished runs are kept
+            if key in raw or args.table_only:   # resumable: finished runs are kept
                 continue
             t0 = time.perf_counter()
-            raw[key] = run_one(method, seed, str(args.data), args.model, args.pretrained)
+            raw[key] = run_one(method, seed, str(args.data), args.model, args.pretrained,
+                               tuple(args.wise_grid))
             print(f"{key}: ID test {raw[key]['ft/' + M.ID_TEST]:.1f}, shift "
                   f"{raw[key].get('ft/' + M.OOD_AVG, float('nan')):.1f}, WiSE α "
                   f"{raw[key]['wise_alpha']:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -134,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     from .plots import study_frontier_png
     plot = study_frontier_png(frontier, args.output / "frontier.png",
                               title="ID–OOD frontier across methods (mean over seeds)")
-    header = (f"Command: `python -m search.report --seeds {' '.join(map(str, args.seeds))}`  \n"
+    grid = " ".join(f"{a:g}" for a in args.wise_grid)
+    header = (f"Command: `python -m search.report --seeds {' '.join(map(str, args.seeds))} "
+              f"--wise-grid {grid}`  \n"
               f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, "
               f"{platform.processor() or 'CPU'}; date {date.today()}; seeds {args.seeds}; "
               f"wall {time.perf_counter() - started:.0f}s for the runs not cached\n")
