@@ -47,8 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search-space YAML (spaces/*.yaml); its 'method' must equal --method "
                         "(optional for zeroshot)")
     p.add_argument("--data", type=Path,
-                   help="dataset spec YAML (default: the embedded generated world, created on "
-                        "first use under $ROBUST_SEARCH_CACHE or ~/.cache/robust-clip-search)")
+                   help="dataset spec YAML: your own, or a built-in benchmark "
+                        "trainables/benchmarks/specs/NAME.yaml (imagenet, domainnet, pacs, "
+                        "officehome, vlcs, terraincognita, the 11 few-shot sets, iwildcam, fmow), "
+                        "whose data root comes from its ${..._ROOT} variable (see "
+                        "trainables/benchmarks/README.md) (default: the embedded generated world, "
+                        "created on first use under $ROBUST_SEARCH_CACHE or "
+                        "~/.cache/robust-clip-search)")
     p.add_argument("--model", default=None,
                    help="open_clip architecture name (default: tiny-clip-32, the embedded CLIP)")
     p.add_argument("--pretrained", default=None,
@@ -58,16 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent-trials", type=int,
                    help="trials running at once (default: the space's, else 1)")
     p.add_argument("--workers-per-trial", type=int, default=1,
-                   help="Ray Train workers (DDP processes) per trial (default 1)")
+                   help="Ray Train workers (DDP processes) per trial; batch_size is per worker, "
+                        "so the global batch is workers x batch_size (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
-                   help="GPUs per Train worker; fractions share a GPU (default 0: CPU)")
+                   help="GPUs per Train worker (bf16 autocast on CUDA); fractions such as 0.25 "
+                        "pack small models onto one GPU (default 0: CPU)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs reserved (and torch threads) per Train worker (default: on a "
                         "local Ray, this machine's cores shared among concurrent workers; with "
                         "--address, 1)")
     p.add_argument("--address", default=None,
                    help="join an existing Ray cluster (e.g. auto or HOST:6379); default: start "
-                        "a local Ray instance")
+                        "a local Ray instance. With more than one node, --output must be on "
+                        "storage every node sees and --tracking-uri an MLflow server (checked)")
     p.add_argument("--output", type=Path, default=Path("runs/latest"),
                    help="directory for everything the run writes: mlflow.db, ray/ (trials, "
                         "checkpoints), summary.json, plots (default runs/latest)")

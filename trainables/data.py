@@ -17,6 +17,8 @@ A dataset spec is a YAML file (loaded with ``yaml.safe_load``); paths are relati
       shots: 16                      # optional: seeded k-shot sampling of train (val: min(k, 4))
       base_to_new: false             # optional: train on the first ceil(K/2) classes, test the
                                      # rest zero-shot as zeroshot/new (B, N, HM)
+      on_corrupt: error              # a corrupt/unreadable image in any split: error (default),
+                                     # or skip (dropped, with a warning that counts them)
     ood:                                                    # same classes as id
       sketch: {csv: ood/sketch.csv}
       shifted: {csv: ood/r.csv, subset: [cat, dog], metrics: [worst_group_acc],
@@ -42,9 +44,9 @@ from typing import Any, Callable, Sequence
 import open_clip
 import torch
 import yaml
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from . import metrics as M
 from .errors import DataError
 from .images import (CropBorder, ImageTextPairs, LabeledImages,  # noqa: F401 (re-exported)
                      load_image, pair_collate)
@@ -110,6 +112,7 @@ class DataSpec:
     scoring: dict[str, Scoring] = field(default_factory=dict)
     shots: int | None = None               # k-shot sampling of ID train (and val) when set
     new_classes: tuple[str, ...] = ()      # base-to-new: the held-back classes (label >= K)
+    on_corrupt: str = "error"              # a corrupt/unreadable image: "error" or "skip" (warn)
 
     @property
     def label_classes(self) -> tuple[str, ...]:
@@ -119,9 +122,11 @@ class DataSpec:
 
 _TOP_KEYS = {"name", "id", "ood", "zeroshot", "context", "anchors", "pretrain"}
 _ID_KEYS = {"classes", "classes_file", "templates", "templates_file", "context_templates", "train",
-            "val", "test", "val_fraction", "metrics", "shots", "base_to_new"}
+            "val", "test", "val_fraction", "metrics", "shots", "base_to_new", "on_corrupt"}
 _TASK_KEYS = {"classes", "classes_file", "templates", "templates_file", "test", "metrics"}
 _SCORING_KEYS = {"metrics", "subset", "exclude_groups"}
+
+
 def _check_keys(obj: Any, allowed: set[str], where: str, spec: Path) -> dict:
     if not isinstance(obj, dict):
         raise DataError(f"{spec}: {where} must be a mapping")
@@ -189,6 +194,9 @@ def _classes(obj: dict, root: Path, where: str, spec: Path, folder: Split | None
     return tuple(str(n) for n in names)
 
 
+parse_split = _split   # for benchmark builders: one {csv: FILE} / {imagefolder: DIR} entry
+
+
 def _templates(obj: dict, where: str, spec: Path, root: Path,
                default: tuple[Template, ...] | None = None) -> tuple[Template, ...]:
     if "templates_file" in obj:
@@ -220,6 +228,11 @@ def _ood(obj: Any, classes: tuple[str, ...], root: Path, where: str, spec: Path
 def load_spec(path: str | Path) -> DataSpec:
     """Parse and check a dataset spec file; raises DataError naming the problem and the fix."""
     spec = Path(path).expanduser().resolve()
+    if spec.is_dir():
+        found = sorted(spec.glob("*.yaml"))
+        raise DataError(f"--data {spec} is a{'n empty' if not any(spec.iterdir()) else ''} "
+                        "directory, not a dataset spec: pass the spec YAML"
+                        + (f", e.g. --data {found[0]}" if found else " that describes the data"))
     if not spec.is_file():
         raise DataError(f"dataset spec {spec} does not exist (pass --data with a spec YAML)")
     try:
@@ -273,7 +286,8 @@ def load_spec(path: str | Path) -> DataSpec:
         zeroshot=tasks["zeroshot"], context=tasks["context"],
         anchors={k: _split(v, root, f"anchors.{k}", spec)
                  for k, v in (raw.get("anchors") or {}).items()},
-        source=spec, scoring=scoring, shots=shots, new_classes=new_classes)
+        source=spec, scoring=scoring, shots=shots, new_classes=new_classes,
+        on_corrupt=_on_corrupt(idd, spec))
 
 
 # --- samples -------------------------------------------------------------------------------
@@ -332,6 +346,50 @@ def read_split(split: Split, classes: Sequence[str], root: Path
     return samples, groups
 
 
+def _on_corrupt(idd: dict, spec: Path) -> str:
+    value = idd.get("on_corrupt", "error")
+    if value not in ("error", "skip"):
+        raise DataError(f"{spec}: id.on_corrupt must be error or skip, got {value!r}")
+    return value
+
+
+_IMAGE_OK: dict[str, str | None] = {}    # path -> None if it verified, else why not (per process)
+
+
+def _image_problem(path: str) -> str | None:
+    """None if PIL can open and verify ``path`` (headers and checksums, no decoding, ~0.1 ms for a
+    small PNG), else the reason; memoised, so a process checks each file once."""
+    if path not in _IMAGE_OK:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            _IMAGE_OK[path] = None
+        except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, …
+            _IMAGE_OK[path] = f"{type(err).__name__}: {err}"[:200]
+    return _IMAGE_OK[path]
+
+
+def verified(samples: list[tuple[str, int]], groups: list[str] | None, spec: DataSpec,
+             split: Split) -> tuple[list[tuple[str, int]], list[str] | None]:
+    """``(samples, groups)`` without corrupt or unreadable images: with ``on_corrupt: skip`` they
+    are dropped with a warning that counts them; with ``error`` (the default) a DataError names
+    the first one and the fix."""
+    bad = [i for i, (path, _) in enumerate(samples) if _image_problem(path) is not None]
+    if not bad:
+        return samples, groups
+    first = samples[bad[0]][0]
+    if spec.on_corrupt == "error":
+        raise DataError(f"{split.path}: {len(bad)} corrupt or unreadable image(s), e.g. {first} "
+                        f"({_image_problem(first)}): replace or remove them, or set on_corrupt: "
+                        "skip under id: in the dataset spec to drop them with a warning")
+    log.warning("%s: skipped %d corrupt or unreadable image(s) of %d (on_corrupt: skip), e.g. %s",
+                split.path, len(bad), len(samples), first)
+    drop = set(bad)
+    keep = [i for i in range(len(samples)) if i not in drop]
+    return ([samples[i] for i in keep],
+            None if groups is None else [groups[i] for i in keep])
+
+
 def read_pairs(split: Split, root: Path) -> list[tuple[str, str]]:
     """(image path, caption) pairs from a ``path,caption`` manifest (ARF anchors)."""
     if split.kind != "csv":
@@ -375,35 +433,44 @@ def build_task_data(spec: DataSpec, preprocess_train: Callable, preprocess_val: 
                     seed: int = 0, anchors: Sequence[str] = ()) -> TaskData:
     """Read every split of ``spec`` (and the named anchor sets) into datasets.
 
-    ``seed`` fixes the held-out ID val and the k-shot draw. Base-to-new: the ID splits keep the
-    base classes, and the new classes' test images become the zero-shot set ``new``.
+    ``seed`` fixes the held-out ID val and the k-shot draw (without a val split, k-shot val is
+    drawn from the train images the k-shot train set left out). Base-to-new: the ID splits keep
+    the base classes, and the new classes' test images become the zero-shot set ``new``.
     """
     classes, num_base = spec.label_classes, len(spec.classes)
-    train, groups = read_split(spec.train, classes, spec.root)
+    train, groups = verified(*read_split(spec.train, classes, spec.root), spec, spec.train)
     group_of = _group_map(train, groups)
-    if spec.val is None:
-        train, val = hold_out(train, spec.val_fraction, seed)
-    else:
-        val, groups = read_split(spec.val, classes, spec.root)
+    val = None
+    if spec.val is not None:
+        val, groups = verified(*read_split(spec.val, classes, spec.root), spec, spec.val)
         group_of.update(_group_map(val, groups))
-    test, groups = read_split(spec.test, classes, spec.root)
+    test, groups = verified(*read_split(spec.test, classes, spec.root), spec, spec.test)
     test_group_of = _group_map(test, groups)
     zeroshot: dict[str, tuple[Task, LabeledImages]] = {}
     if spec.new_classes:
         new = only_new(test, num_base)
         zeroshot[NEW_SET] = (Task(spec.new_classes, spec.templates, spec.test),
                              LabeledImages(new, preprocess_val, _groups_of(new, test_group_of)))
-        train, val, test = (only_base(s, num_base) for s in (train, val, test))
-    if spec.shots:
+        train, test = only_base(train, num_base), only_base(test, num_base)
+        val = None if val is None else only_base(val, num_base)
+    if spec.shots and val is None:      # k-shot train, then k-shot val from the other images
+        picked = sample_shots(train, spec.shots, seed)
+        chosen = set(picked)
+        val = sample_shots([s for s in train if s not in chosen], val_shots(spec.shots), seed)
+        train = picked
+    elif spec.shots:
         train = sample_shots(train, spec.shots, seed)
         val = sample_shots(val, val_shots(spec.shots), seed)
+    elif val is None:
+        train, val = hold_out(train, spec.val_fraction, seed)
     missing = [a for a in anchors if a not in spec.anchors]
     if missing:
         raise DataError(f"{spec.source}: anchors {missing} are required by this method but the "
                         "spec has no such entry under anchors: (prepare them first)")
 
     def images(split: Split, key: str, split_classes: Sequence[str]) -> LabeledImages:
-        samples, groups = read_split(split, split.classes or split_classes, spec.root)
+        samples, groups = verified(*read_split(split, split.classes or split_classes, spec.root),
+                                   spec, split)
         border = spec.scoring[key].crop_border if key in spec.scoring else 0
         return LabeledImages(samples, CropBorder(border, preprocess_val) if border else
                              preprocess_val, groups)

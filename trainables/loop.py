@@ -70,12 +70,14 @@ class _StepModule(nn.Module):
 
 
 def default_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int,
-                   collate_fn: Callable | None = None, num_workers: int = 0) -> DataLoader:
+                   collate_fn: Callable | None = None, num_workers: int = 0,
+                   pin_memory: bool = False) -> DataLoader:
     """A single-process loader; shuffling is seeded so runs are reproducible."""
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
                       drop_last=shuffle and len(dataset) > batch_size, collate_fn=collate_fn,
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, persistent_workers=num_workers > 0,
+                      pin_memory=pin_memory)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int

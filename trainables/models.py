@@ -78,8 +78,10 @@ def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRET
     try:
         clip, pre_train, pre_val = open_clip.create_model_and_transforms(
             name, pretrained=pretrained or None, device=device, weights_only=True)
-    except RuntimeError as err:  # load_state_dict(strict=True) on a mismatched file
-        if "state_dict" in str(err) or "size mismatch" in str(err):
+    except (RuntimeError, AssertionError) as err:  # load_state_dict(strict=True) on a mismatched
+        # file, or open_clip's position-embedding resize asserting on another width
+        if isinstance(err, AssertionError) or any(s in str(err) for s in ("state_dict",
+                                                                          "size mismatch")):
             raise ModelError(f"weights {pretrained} do not fit architecture {name!r} (pass the "
                              "--model the weights were trained with)") from None
         if "download" in str(err).lower() or "not a known tag" in str(err):   # tag offline/unknown

@@ -1,0 +1,145 @@
+"""A 2-worker DDP trial (CPU, gloo) follows the 1-worker loss trajectory at the same global batch.
+
+The two-worker run uses the production path of :func:`search.trial.train_worker`: Ray's
+``TorchTrainer`` with ``trainables.loop.train(wrap_module=prepare_model,
+make_loader=prepare_data_loader(default_loader(...)))``, per-worker batch = global batch / 2. Ray
+shards with a ``DistributedSampler(seed=0)`` whose permutation of epoch e is ``randperm(N)`` seeded
+``e``; rank r takes ``perm[r::2]``, so the union of the two ranks' step-t batches is exactly
+``perm[tB:(t+1)B]``. The one-worker reference uses the same sampler with one replica, so both runs
+see the same global batches: the step losses agree up to float rounding (DDP averages the ranks'
+gradients, which equals the gradient of the global mean loss). Training images use the
+deterministic eval transform (random crops would be drawn in a different order by two processes).
+
+Tolerance: every step's loss within 1e-4 relative (measured: ~1e-7, the all-reduce summation
+order), and the epoch means within 1e-4.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from search.trial import StudySetup, prepare
+from trainables.loop import train
+
+from .tiny_data import write_tiny_spec
+
+GLOBAL_BATCH = 8
+PARAMS = dict(lr=1e-3, weight_decay=0.0, epochs=3, warmup_steps=0, grad_clip=1.0, seed=0)
+RTOL = 1e-4
+
+
+def _setup(spec: Path, batch_size: int) -> StudySetup:
+    return StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
+                      storage_path="unused", base_params={**PARAMS, "batch_size": batch_size})
+
+
+def _run(setup: StudySetup, wrap_module, make_loader) -> tuple[list[float], list[float]]:
+    """Train with the one loop; returns (per-step losses of this process, epoch means)."""
+    torch.set_num_threads(1)
+    parts = prepare(setup, {}, "cpu")
+    parts.data.train.transform = parts.bundle.preprocess_val      # deterministic images
+    steps: list[float] = []
+    loss_fn = parts.method.loss
+
+    def recording_loss(model, batch, ctx):
+        terms = loss_fn(model, batch, ctx)
+        steps.append(float(sum(t.detach() for t in terms.values())))
+        return terms
+
+    parts.method.loss = recording_loss
+    reports = train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg,
+                    wrap_module=wrap_module, make_loader=make_loader)
+    return steps, [r.train_loss for r in reports]
+
+
+def ddp_worker(config: dict) -> None:
+    """Ray Train worker: the production loader/model wrapping; writes its losses to a file."""
+    import ray.train
+    import ray.train.torch
+
+    from trainables.loop import default_loader
+
+    def make_loader(*args, **kwargs):
+        return ray.train.torch.prepare_data_loader(default_loader(*args, **kwargs))
+
+    steps, epochs = _run(StudySetup(**config["setup"]), ray.train.torch.prepare_model,
+                         make_loader)
+    rank = ray.train.get_context().get_world_rank()
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"steps": steps,
+                                                                   "epochs": epochs}))
+
+
+def single_process_loader(dataset, batch_size, shuffle, seed, collate_fn=None, num_workers=0):
+    """What Ray's prepare_data_loader builds for one of N replicas, with N = 1."""
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=0)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                      drop_last=shuffle and len(dataset) > batch_size, num_workers=num_workers)
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory):
+    return write_tiny_spec(tmp_path_factory.mktemp("ddp"), per_class=8)   # 32 train images
+
+
+@pytest.mark.slow
+def test_two_workers_follow_the_one_worker_trajectory(tiny_spec, tmp_path):
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from search.trial import setup_dict
+
+    ref_steps, ref_epochs = _run(_setup(tiny_spec, GLOBAL_BATCH), lambda m: m,
+                                 single_process_loader)
+    assert len(ref_steps) == 3 * 32 // GLOBAL_BATCH
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}})
+    try:
+        TorchTrainer(
+            ddp_worker,
+            train_loop_config={"setup": setup_dict(_setup(tiny_spec, GLOBAL_BATCH // 2)),
+                               "out": str(tmp_path)},
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),
+            run_config=ray.train.RunConfig(name="ddp", storage_path=str(tmp_path / "ray")),
+        ).fit()
+    finally:
+        ray.shutdown()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    steps = [(a + b) / 2 for a, b in zip(ranks[0]["steps"], ranks[1]["steps"])]
+    epochs = [(a + b) / 2 for a, b in zip(ranks[0]["epochs"], ranks[1]["epochs"])]
+    assert len(steps) == len(ref_steps) and ranks[0]["steps"] != ranks[1]["steps"]
+    worst = max(abs(a - b) / abs(b) for a, b in zip(steps, ref_steps))
+    print(f"\n1 worker : {[round(x, 6) for x in ref_steps]}\n2 workers: "
+          f"{[round(x, 6) for x in steps]}\nmax relative step difference {worst:.2e}")
+    assert steps == pytest.approx(ref_steps, rel=RTOL)
+    assert epochs == pytest.approx(ref_epochs, rel=RTOL)
+    assert ref_steps[-1] < ref_steps[0]                    # it trained
+
+
+def test_grad_checkpointing_is_wired_and_exact(tiny_spec):
+    """``grad_checkpointing: true`` turns on open_clip's activation checkpointing in both towers
+    (recomputed in backward), and the losses are those of a run without it."""
+    def run(flag: bool) -> tuple[list[float], object]:
+        setup = _setup(tiny_spec, GLOBAL_BATCH)
+        setup.base_params.update(grad_checkpointing=flag, epochs=1)
+        torch.manual_seed(0)
+        steps, _ = _run(setup, lambda m: m, single_process_loader)
+        return steps, setup
+
+    plain, _ = run(False)
+    checkpointed, setup = run(True)
+    parts = prepare(setup, {}, "cpu")
+    assert parts.model.clip.visual.transformer.grad_checkpointing
+    assert parts.model.clip.transformer.grad_checkpointing
+    assert checkpointed == pytest.approx(plain, rel=1e-5)
