@@ -15,6 +15,8 @@ from typing import Any
 
 from .cli import UsageError, build_parser, fail, parse_set
 
+EXIT_FAILED = 1   # the study ran but every trial failed (bad input exits 2, before anything runs)
+
 
 def _default_data() -> Path:
     from trainables.world.generate import default_world_dir, ensure_world
@@ -24,19 +26,34 @@ def _default_data() -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Tune saves its experiment and searcher state at most every 10 s by default; every 2 s means
+    # a killed driver loses no trial it had started, so --resume continues every one of them.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .study import Study, StudyError
+    from .study import Study, StudyError, StudyFailed
 
     try:
         overrides = parse_set(args.overrides)
         study = Study.from_args(args, overrides, default_data=_default_data)
     except (UsageError, StudyError, ValueError, FileNotFoundError) as err:
+        _stop_ray()     # a check after joining/starting Ray failed: leave no Ray behind
         fail(str(err))
     start = time.perf_counter()
-    summary = study.run()
+    try:
+        summary = study.run()
+    except StudyFailed as err:      # every trial failed: summary.json written, parent FAILED
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_FAILED
     study.print_summary(summary, time.perf_counter() - start)
     return 0
+
+
+def _stop_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 if __name__ == "__main__":

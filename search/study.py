@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +29,24 @@ log = logging.getLogger(__name__)
 
 class StudyError(ValueError):
     """Bad input found before the study started; one line, naming the problem and the fix."""
+
+
+class StudyFailed(RuntimeError):
+    """Every trial of the study failed; summary.json is written and the MLflow parent is FAILED."""
+
+
+#: A study name names OUTPUT/ray/<name>, the Optuna study and the MLflow parent run: a plain file
+#: name (no separators, no leading dot, so it cannot escape --output); ``train`` is taken by
+#: OUTPUT/ray/train (the Train runs' checkpoints).
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_study_name(name: str) -> None:
+    """Raise StudyError unless ``name`` is a safe folder name under OUTPUT/ray."""
+    if not _STUDY_NAME.fullmatch(name) or name == "train":
+        raise StudyError(f"--study-name {name!r} is not allowed: use 1-100 letters, digits, '.', "
+                         "'_' or '-', starting with a letter or digit, other than 'train' (it "
+                         "names a folder under --output/ray), e.g. --study-name ft-lr-sweep")
 
 
 def code_version() -> str:
@@ -86,14 +105,18 @@ class Study:
                              "must be >= 1")
         output = args.output.expanduser().resolve()
         name = args.study_name or f"{args.method}-search"
+        check_study_name(name)
         study_dir = output / "ray" / name
         if study_dir.exists() and not args.resume:
             raise StudyError(f"{output} already holds study {name!r}: pass --resume to "
                              "continue it, or choose another --output")
-        if args.resume and not (study_dir / "tuner.pkl").exists():
+        # A driver killed before Tune saved its state leaves the MLflow store (and maybe an empty
+        # study folder) but no tuner.pkl: --resume then starts the trials afresh (see _tune).
+        if args.resume and not (study_dir.exists() or (output / "mlflow.db").exists()):
             raise StudyError(f"--resume: no study {name!r} under {output} to resume "
                              "(drop --resume to start one)")
-        data = args.data.expanduser().resolve() if args.data else default_data()
+        from trainables.benchmarks import resolve_data   # a spec file, or a built-in name
+        data = resolve_data(args.data) if args.data else default_data()
         load_spec(data)
         cpus = args.cpus_per_worker
         if cpus is None:   # locally, give the concurrent workers this machine's cores
@@ -120,7 +143,9 @@ class Study:
         if not tracking_uri.startswith("sqlite"):
             ensure_tracking(tracking_uri)       # reachable before any training
         from .ray_setup import init_ray
-        init_ray(args.address, setup, max_conc)  # raises ResourceError if a trial cannot fit
+        # raises ResourceError if a trial cannot fit, ClusterError for node-local storage or a
+        # sqlite store on a multi-node cluster
+        init_ray(args.address, setup, max_conc, tracking_uri=tracking_uri)
         return cls(args, setup, space, name, output, tracking_uri, num_samples, max_conc, seed,
                    parts)
 
@@ -139,13 +164,19 @@ class Study:
             space_source_path=self.space.source if self.space else None,
             resolved_config=self.resolved_config(), data_spec_path=Path(self.setup.data),
             code_version=code_version(), resume=self.args.resume)
-        zeroshot = self.parts.evaluator.evaluate(self.parts.model, method,
-                                                 self.parts.evaluator.report_sets)
-        trials: list[dict[str, Any]] = []
-        if not method.trains_nothing:
-            trials = self._tune(recorder)
-        summary = self._summarise(zeroshot, trials, recorder, parent)
+        try:
+            zeroshot = self.parts.evaluator.evaluate(self.parts.model, method,
+                                                     self.parts.evaluator.report_sets)
+            trials: list[dict[str, Any]] = []
+            if not method.trains_nothing:
+                trials = self._tune(recorder)
+            summary = self._summarise(zeroshot, trials, recorder, parent)
+        except Exception as err:        # the driver itself failed: say so on the parent run
+            recorder.fail(f"{type(err).__name__}: {err}")
+            raise
         atomic_write_json(self.output / "summary.json", summary)
+        if "error" in summary:
+            raise StudyFailed(summary["error"])
         return summary
 
     def resolved_config(self) -> dict[str, Any]:
@@ -162,9 +193,12 @@ class Study:
 
         storage = self.output / "ray"
         callbacks = [MlflowTuneCallback(recorder)]
-        if self.args.resume:
+        if self.args.resume and (storage / self.name / "tuner.pkl").is_file():
             tuner = restore_tuner(self.setup, self.name, storage)
         else:
+            if self.args.resume:
+                log.warning("--resume: the killed driver saved no Tune state for %s (it died "
+                            "before the first trial); starting its trials afresh", self.name)
             params = tune_param_space(self.space)
             params = {k: v for k, v in params.items() if k not in self.setup.base_params}
             s = self.space.search
@@ -196,6 +230,7 @@ class Study:
                        "failed": sum(1 for t in trials if t["error"]),
                        "stopped_early": sum(1 for t in trials if not t["error"]
                                             and t["metrics"].get(FINAL) != 1.0)},
+            "errors": {t["trial_id"]: t["error"] for t in trials if t["error"]},
             "metrics": {"zeroshot": zeroshot},
             "mlflow": {"tracking_uri": self.tracking_uri, "experiment": self.args.experiment,
                        "experiment_id": recorder.experiment_id, "parent_run_id": parent},
@@ -211,6 +246,12 @@ class Study:
             summary["soups"] = self._soups(finished, best)
         importances = self._importances(finished)
         summary["importances"] = importances
+        if trials and not finished:     # every trial failed (or was stopped): the study failed
+            first = next(iter(summary["errors"].values()), "no trial reported a final result")
+            summary["error"] = (f"all {len(trials)} trials failed (first error: {first}); "
+                                f"see {self.output / 'summary.json'} and the MLflow trial runs")
+            recorder.fail(summary["error"])
+            return summary
         recorder.finish(best=best, table=summary["metrics"], frontier_points=finished,
                         soups=summary.get("soups", {}), importances=importances)
         return summary
@@ -279,6 +320,8 @@ class Study:
         print()
         print(f"Study {self.name}: method {self.setup.method}, {summary['trials']} "
               f"in {wall_s:.0f}s")
+        for trial_id, error in (summary.get("errors") or {}).items():
+            print(f"Failed trial {trial_id}: {error}")
         if "best_trial" in summary:
             print(f"Best trial {summary['best_trial']} (selected on ID val): "
                   f"{json.dumps(summary['best_params'], default=str)}")

@@ -28,6 +28,7 @@ from trainables.methods import Method, MethodContext, get_method_class
 from trainables.models import ClipBundle, create_clip, logit_scale
 from trainables.wise import interpolate
 
+from . import faults
 from .selection import select_alpha
 
 OBJECTIVE = "objective"      # what Tune, Optuna and ASHA maximise: ID-val accuracy
@@ -79,6 +80,8 @@ def prepare(setup: StudySetup, params: dict[str, Any], device: torch.device | st
     method = cls(method_params, train_cfg)
     torch.manual_seed(train_cfg.seed)   # a random-init model (tests, from-scratch) is seeded too
     bundle = create_clip(setup.model, setup.pretrained, device)
+    if train_cfg.grad_checkpointing:    # recompute activations in backward: less memory, ~30% slower
+        bundle.clip.set_grad_checkpointing(True)
     spec = load_spec(setup.data)
     data = build_task_data(spec, bundle.preprocess_train, bundle.preprocess_val,
                            seed=train_cfg.seed, anchors=cls.anchor_sets)
@@ -146,6 +149,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     parts = prepare(setup, loop_config["params"], device)
+    fault_index = (faults.trial_index(ray.train.get_context().get_experiment_name())
+                   if rank == 0 else None)    # None unless a test injects faults
     run_config = {"method": setup.method, "model": setup.model, "pretrained": setup.pretrained,
                   "classes": list(parts.data.spec.classes), "params": loop_config["params"]}
 
@@ -174,11 +179,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             metrics.update(parts.evaluator.evaluate(parts.model, parts.method, SELECTION))
             metrics[OBJECTIVE] = metrics[M.ID_VAL]
             metrics["time/epoch_eval_s"] = time.perf_counter() - start
+            faults.inject("raise", epoch_report.epoch, fault_index)
         report(metrics, parts.model.state_dict() if rank == 0 else None, snapshot())
+        if rank == 0:
+            faults.inject("pause", epoch_report.epoch, fault_index)
 
     def make_loader(*args, **kwargs):
         from trainables.loop import default_loader
-        return ray.train.torch.prepare_data_loader(default_loader(*args, **kwargs))
+        # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute.
+        return ray.train.torch.prepare_data_loader(
+            default_loader(*args, **kwargs, pin_memory=device.type == "cuda"))
 
     reports = []
     if not parts.method.trains_nothing and (resume is None or resume.stage_index <

@@ -75,9 +75,15 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(sampler, seed, study_name, max_concurrent_trials),
+            # every parameter fixed (e.g. --set lr=1e-4): nothing for Optuna to sample (it would
+            # raise), so Tune's default generator repeats the one configuration num_samples times
+            search_alg=(make_searcher(sampler, seed, study_name, max_concurrent_trials)
+                        if param_space else None),
             scheduler=make_scheduler(scheduler, grace_period, reduction_factor),
-            num_samples=num_samples, max_concurrent_trials=max_concurrent_trials),
+            num_samples=num_samples, max_concurrent_trials=max_concurrent_trials,
+            # the next trial reuses a finished trial's Tune actor (a process that has imported
+            # torch/open_clip already) instead of starting one: seconds per trial (BENCHMARKS.md)
+            reuse_actors=True),
         run_config=tune.RunConfig(
             name=study_name, storage_path=str(storage_path), callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),

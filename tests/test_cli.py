@@ -93,3 +93,110 @@ def test_help_documents_every_option():
                    "--address", "--output", "--tracking-uri", "--experiment", "--seed",
                    "--resume", "--set"):
         assert option in proc.stdout
+
+
+# --- bad data, weights, resources and names (issue 8) -------------------------------------------
+def _edit_spec(spec_path: Path, **id_edits) -> Path:
+    raw = yaml.safe_load(spec_path.read_text())
+    raw["id"].update(id_edits)
+    spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return spec_path
+
+
+def _empty_data_dir(tmp_path: Path) -> list[str]:
+    (tmp_path / "empty").mkdir()
+    return ["--data", str(tmp_path / "empty")]
+
+
+def _empty_split_dir(tmp_path: Path) -> list[str]:
+    spec = write_tiny_spec(tmp_path / "data", per_class=2)
+    (tmp_path / "data" / "empty_test").mkdir()
+    return ["--data", str(_edit_spec(spec, test={"imagefolder": "empty_test"}))]
+
+
+def _class_without_images(tmp_path: Path) -> list[str]:
+    spec = write_tiny_spec(tmp_path / "data", per_class=2)
+    manifest = tmp_path / "data" / "train.csv"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(ln for ln in lines if not ln.endswith(",yellow")) + "\n")
+    return ["--data", str(spec)]
+
+
+def _corrupt_image(tmp_path: Path, **id_edits) -> Path:
+    spec = write_tiny_spec(tmp_path / "data", per_class=2)
+    (tmp_path / "data" / "images" / "train" / "red_0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return _edit_spec(spec, **id_edits) if id_edits else spec
+
+
+def _weights_of_another_architecture(tmp_path: Path) -> list[str]:
+    from trainables.checkpoint import save_weights
+    from trainables.models import create_clip
+    path = save_weights(tmp_path / "micro.safetensors",
+                        create_clip("micro-clip-16", None).clip.state_dict())
+    return ["--model", "tiny-clip-32", "--pretrained", str(path)]
+
+
+FIXED = ["--method", "ft", "--space", "spaces/ft.yaml", "--model", "micro-clip-16",
+         "--pretrained", ""]
+DATA_CASES = {
+    "data is an empty directory": (_empty_data_dir, "empty directory"),
+    "split directory empty": (_empty_split_dir, "missing or empty"),
+    "class with no images": (_class_without_images, "['yellow'] have no images"),
+    "corrupt image (on_corrupt: error)": (
+        lambda tmp: ["--data", str(_corrupt_image(tmp))], "on_corrupt: skip"),
+    "bad on_corrupt value": (
+        lambda tmp: ["--data", str(_corrupt_image(tmp, on_corrupt="ignore"))], "on_corrupt"),
+    "weights for another architecture": (_weights_of_another_architecture, "do not fit"),
+    "too many workers": (lambda tmp: ["--workers-per-trial", "64"], "64 Train workers"),
+    "too many GPUs": (lambda tmp: ["--gpus-per-worker", "1"], "--gpus-per-worker"),
+    "study name escapes --output": (lambda tmp: ["--study-name", "../../x"], "--study-name"),
+    "study name taken by the Train runs": (lambda tmp: ["--study-name", "train"], "'train'"),
+    "resume without a study": (lambda tmp: ["--resume"], "no study"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_CASES))
+def test_bad_data_weights_resources_exit_2(case, capsys, tmp_path, spec, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    make, needle = DATA_CASES[case]
+    args = FIXED + make(tmp_path)
+    if "--data" not in args:
+        args += ["--data", str(spec)]
+    if "--model" in args[len(FIXED):]:        # the case brings its own model and weights
+        args = args[:6] + args[8:]
+    out = tmp_path / "out"
+    code, err = _run(capsys, args + ["--output", str(out)])
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert needle in lines[0]
+    assert not out.exists()
+
+
+def test_corrupt_image_skipped_with_a_counted_warning(capsys, tmp_path, caplog, monkeypatch):
+    """on_corrupt: skip drops the image and counts it; the data passes validation (the run then
+    stops at the next check, a GPU request this machine cannot serve, before starting Ray)."""
+    monkeypatch.chdir(ROOT)
+    spec = _corrupt_image(tmp_path, on_corrupt="skip")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="trainables.data"):
+        code, err = _run(capsys, FIXED + ["--data", str(spec), "--gpus-per-worker", "1",
+                                          "--output", str(out)])
+    assert code == 2 and "GPUs" in err
+    warnings = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
+    assert warnings and "skipped 1 corrupt or unreadable image(s) of 8" in warnings[0]
+    assert not out.exists()
+
+
+def test_resume_of_a_driver_killed_before_tune_saved_state_is_accepted(capsys, tmp_path, spec,
+                                                                        monkeypatch):
+    """A driver killed before its first trial leaves OUTPUT/mlflow.db but no Tune state: --resume
+    passes validation (and would start the trials afresh under the re-opened parent run); here
+    the run then stops at the GPU check, before Ray starts, and adds nothing to --output."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlflow.db").touch()
+    code, err = _run(capsys, FIXED + ["--data", str(spec), "--resume", "--gpus-per-worker", "1",
+                                      "--output", str(out)])
+    assert code == 2 and "GPUs" in err and "no study" not in err
+    assert [p.name for p in out.iterdir()] == ["mlflow.db"]

@@ -72,6 +72,8 @@ def resolve_data(arg: str | Path) -> Path:
     if path.is_file():
         return path.resolve()
     name, sep, root = text.partition(":")
+    if path.is_dir() or "/" in name or name.endswith((".yaml", ".yml")):
+        return path.resolve()       # a path, not a name: load_spec says what is wrong with it
     specs = builtin_specs()
     if name not in specs:
         raise DataError(f"--data {text}: neither a spec file nor a built-in benchmark; built-in: "

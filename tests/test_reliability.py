@@ -1,0 +1,312 @@
+"""Failing trials, killed workers, a killed driver: nothing lost, nothing half-written.
+
+Each test runs ``python -m search.run`` as a child process in its own session (micro CLIP, tiny
+data, 2 epochs), so the test can kill it, and afterwards kills whatever is left of that session
+(the local Ray instance the driver started) by process id: no ``ray stop``, which would also stop
+other people's Ray instances on the machine. Faults are injected with ``search/faults.py``
+(``ROBUST_SEARCH_FAULT``) or a real NaN (``--set lr=1e6``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from .tiny_data import write_tiny_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = "ft-search"
+TIMEOUT_S = 900          # per driver; a busy 2-core machine is ~4x slower than an idle one
+
+#: Everything a finished study leaves under --output (README "What --output holds"); paths are
+#: relative, ``*`` matches within one path component.
+LAYOUT = [
+    "mlflow.db", "summary.json", "mlartifacts/*/artifacts/*", "mlartifacts/*/artifacts/*/*",
+    f"ray/{STUDY}/tuner.pkl", f"ray/{STUDY}/.validate_storage_marker",
+    f"ray/{STUDY}/experiment_state-*.json", f"ray/{STUDY}/searcher-state-*.pkl",
+    f"ray/{STUDY}/search_gen_state-*.json", f"ray/{STUDY}/basic-variant-state-*.json",
+    *(f"ray/{STUDY}/run_trial_*/{name}" for name in (
+        "params.json", "params.pkl", "result.json", "progress.csv", "events.out.tfevents.*",
+        "error.txt", "error.pkl")),
+    "ray/train/train-*/.validate_storage_marker",
+    "ray/train/train-*/checkpoint_manager_snapshot.json",
+    *(f"ray/train/train-*/checkpoint_*/{name}" for name in (
+        "model.safetensors", "config.json", "loop_state.pt")),
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_tiny_spec(tmp_path_factory.mktemp("reliability"), per_class=4)
+
+
+def _space(folder: Path, num_samples: int) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump({
+        "method": "ft",
+        "params": {"lr": {"loguniform": [1.0e-4, 3.0e-3]}, "epochs": 2, "batch_size": 16,
+                   "warmup_steps": 1},
+        "search": {"num_samples": num_samples, "scheduler": "fifo", "sampler": "tpe", "seed": 0,
+                   "max_concurrent_trials": 1},
+        "wise": {"strategy": "grid", "grid": [0.0, 0.5, 1.0]}}))
+    return path
+
+
+def _command(folder: Path, data: Path, num_samples: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "search.run", "--method", "ft",
+            "--space", str(_space(folder, num_samples)), "--data", str(data),
+            "--model", "micro-clip-16", "--pretrained", "", "--output", str(folder / "out"),
+            "--quiet", *extra]
+
+
+def _start(cmd: list[str], folder: Path, name: str, **env: str) -> subprocess.Popen:
+    """The driver in a new session (its id is the driver's pid), working directory
+    ``folder/cwd`` (which must stay empty: nothing is written outside --output), stdout/stderr
+    to files."""
+    (folder / "cwd").mkdir(exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env}
+    return subprocess.Popen(
+        cmd, cwd=folder / "cwd", env=env, start_new_session=True,
+        stdout=open(folder / f"{name}.out", "w"), stderr=open(folder / f"{name}.err", "w"))
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) "
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def _reap(sid: int) -> None:
+    """SIGKILL every process left in session ``sid`` (a test-started driver's Ray instance)."""
+    deadline = time.monotonic() + 60
+    while (pids := _session_pids(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    assert not _session_pids(sid), f"processes of session {sid} survived SIGKILL"
+
+
+def _cleanup(proc: subprocess.Popen) -> None:
+    """Kill the driver if it still runs, then everything left in its session."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _reap(proc.pid)
+
+
+def _finish(proc: subprocess.Popen) -> int:
+    """Wait for the driver to exit (then clean up its session); its exit status."""
+    try:
+        return proc.wait(timeout=TIMEOUT_S)
+    finally:
+        _cleanup(proc)
+
+
+def _trial_results(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Tune trial id -> the results Tune recorded for it (result.json, one JSON per line)."""
+    results = {}
+    for path in (out / "ray" / STUDY).glob("run_trial_*/result.json"):
+        trial_id = path.parent.name.split("_")[2]
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        results[trial_id] = [json.loads(ln) for ln in lines]
+    return results
+
+
+def _runs(out: Path) -> tuple[Any, list[Any]]:
+    """(parent run, child runs) of the study in OUTPUT/mlflow.db."""
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("robust-ft-search")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], children
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert proc.poll() is None, f"the driver exited ({proc.returncode}) before {what}"
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _check_layout(out: Path, keep_checkpoints: int = 1) -> None:
+    """--output holds what README lists and nothing else (no temporary files, at most
+    ``keep_checkpoints`` checkpoints per trial), and the driver's working directory is empty."""
+    assert not list((out.parent / "cwd").iterdir()), "written outside --output"
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    unexpected = [f for f in files if not any(
+        fnmatch.fnmatch(f, pattern) and f.count("/") == pattern.count("/") for pattern in LAYOUT)]
+    assert not unexpected, f"files the README does not list: {unexpected}"
+    assert not [f for f in files if ".tmp-" in f or "/tmp" in f or f.endswith(".tmp")]
+    for run in (out / "ray" / "train").iterdir():
+        assert len([c for c in run.glob("checkpoint_*") if c.is_dir()]) <= keep_checkpoints, run
+
+
+def _paused_worker(faults: Path, trial: int, out: Path, proc: subprocess.Popen) -> int:
+    """Wait until trial ``trial``'s worker paused after epoch 1 and Tune recorded that epoch
+    (so its checkpoint is registered); the worker's pid."""
+    pid = faults / f"pid-{trial}"
+    _wait_for(lambda: pid.is_file() and pid.read_text(), proc, f"trial {trial} paused")
+    run = (faults / f"index-{trial}").read_text().removeprefix("train-")
+    _wait_for(lambda: [r["epoch"] for r in _trial_results(out).get(run, [])] == [1], proc,
+              f"Tune recorded epoch 1 of trial {trial}")
+    return int(pid.read_text())
+
+
+def test_failing_trial_and_killed_worker(tmp_path, data):
+    """Two trials, ``--max-failures 1``: trial 0 raises in both attempts and ends failed with its
+    error in Tune, MLflow and summary.json; the study goes on, and trial 1's Train worker, SIGKILLed
+    after epoch 1, is restarted from that checkpoint and finishes; summary and table are written."""
+    faults, out = tmp_path / "faults", tmp_path / "out"
+    proc = _start(_command(tmp_path, data, 2, "--max-failures", "1"), tmp_path, "driver",
+                  ROBUST_SEARCH_FAULT="raise@1#0,pause@1#1", ROBUST_SEARCH_FAULT_DIR=str(faults))
+    try:
+        os.kill(_paused_worker(faults, 1, out, proc), signal.SIGKILL)   # the worker, mid-trial
+        code = _finish(proc)
+    finally:
+        _cleanup(proc)
+    assert code == 0, (tmp_path / "driver.err").read_text()[-3000:]
+
+    index = {int(p.name.split("-")[1]): p.read_text().removeprefix("train-")
+             for p in faults.glob("index-*")}
+    attempts = {i: len((faults / f"attempts-{i}").read_text().split()) for i in index}
+    assert attempts == {0: 2, 1: 2}                  # each faulty trial retried once, no more
+    results = _trial_results(out)
+    assert results[index[0]] == []                   # raised before reporting anything
+    error_txt = next((out / "ray" / STUDY).glob(f"run_trial_{index[0]}_*/error.txt")).read_text()
+    assert "injected fault" in error_txt
+    # killed worker: restarted from the epoch-1 checkpoint, so epochs continue (1, 2, final 3)
+    assert [r["epoch"] for r in results[index[1]]] == [1, 2, 3]
+    assert results[index[1]][-1]["final"] == 1.0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == {"total": 2, "finished": 1, "failed": 1, "stopped_early": 0}
+    assert "injected fault" in summary["errors"][index[0]]
+    assert summary["best_trial"] == index[1] and "wise" in summary["metrics"]
+    stdout = (tmp_path / "driver.out").read_text()
+    assert "Best trial" in stdout and "WiSE" in stdout and f"Failed trial {index[0]}" in stdout
+
+    parent, children = _runs(out)
+    assert parent.info.status == "FINISHED"
+    runs = {c.data.tags["trial_id"]: c for c in children}
+    assert sorted(runs) == sorted(index.values())
+    assert runs[index[0]].info.status == "FAILED"
+    assert "injected fault" in runs[index[0]].data.tags["error"]
+    assert runs[index[1]].info.status == "FINISHED"
+    _check_layout(out)
+
+
+def test_all_trials_nan_fail_the_study(tmp_path, data):
+    """``--set lr=1e6`` (batch 4) makes the loss NaN by step 3 (NonFiniteLossError) in every trial:
+    each trial fails with its error recorded, summary.json is still written, the MLflow parent is
+    FAILED and the run exits 1 with one line naming the problem."""
+    code = _finish(_start(_command(tmp_path, data, 2, "--set", "lr=1.0e6",
+                                   "--set", "batch_size=4"), tmp_path, "driver"))
+    err = (tmp_path / "driver.err").read_text().strip().splitlines()
+    assert code == 1, "\n".join(err[-30:])
+    assert err[-1].startswith("error: all 2 trials failed") and "non-finite loss" in err[-1]
+    assert "lower the learning rate" in err[-1]
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"]["failed"] == 2 and summary["trials"]["finished"] == 0
+    assert all("non-finite loss" in e for e in summary["errors"].values())
+    parent, children = _runs(out)
+    assert parent.info.status == "FAILED" and "all 2 trials failed" in parent.data.tags["error"]
+    assert len(children) == 2
+    assert all(c.info.status == "FAILED" and "NonFiniteLossError" in c.data.tags["error"]
+               for c in children)
+    _check_layout(out)
+
+
+def _searcher_trials(out: Path) -> list[Any]:
+    """The Optuna trials in the newest saved OptunaSearch state (Tune pickles it; test only)."""
+    newest = max((out / "ray" / STUDY).glob("searcher-state-*.pkl"), key=os.path.getmtime)
+    with newest.open("rb") as fh:
+        state = pickle.load(fh)
+    return state["_ot_study"].trials
+
+
+def test_killed_driver_resumes(tmp_path, data):
+    """SIGKILL the driver (and its local Ray) while trial 1 of 3 runs (paused after epoch 1),
+    then rerun the same command with ``--resume``: exactly 3 trials, the Optuna history restored
+    (its 3 trials are the 2 started before the kill plus 1), no duplicate MLflow child runs, the
+    runs the kill left open marked killed, the interrupted trial resumed from its checkpoint."""
+    faults, out = tmp_path / "faults", tmp_path / "out"
+    cmd = _command(tmp_path, data, 3)
+    proc = _start(cmd, tmp_path, "first", ROBUST_SEARCH_FAULT="pause@1#1",
+                  ROBUST_SEARCH_FAULT_DIR=str(faults))
+    try:
+        _paused_worker(faults, 1, out, proc)
+        time.sleep(3)                       # > TUNE_GLOBAL_CHECKPOINT_S: Tune saved its state
+        os.killpg(proc.pid, signal.SIGKILL)         # the driver and its process group
+    finally:
+        _cleanup(proc)                               # and the rest of its session (Ray)
+    interrupted = (faults / "index-1").read_text().removeprefix("train-")
+    before = _trial_results(out)
+    assert len(before) == 2 and [r["epoch"] for r in before[interrupted]] == [1]
+    assert not (out / "summary.json").exists()
+    parent, children = _runs(out)
+    assert parent.info.status == "RUNNING"          # what the kill left open
+    assert {c.data.tags["trial_id"]: c.info.status for c in children}[interrupted] == "RUNNING"
+    optuna_before = [(t.number, t.params) for t in _searcher_trials(out)]
+    assert len(optuna_before) == 2
+
+    code = _finish(_start(cmd + ["--resume"], tmp_path, "resumed"))   # no faults this time
+    assert code == 0, (tmp_path / "resumed.err").read_text()[-3000:]
+
+    results = _trial_results(out)
+    assert len(results) == 3 and set(before) < set(results)
+    assert all(r[-1]["final"] == 1.0 for r in results.values())
+    # the interrupted trial's Train run resumed from its epoch-1 checkpoint: epochs continue
+    epochs = [r["epoch"] for r in results[interrupted]]
+    assert epochs[-2:] == [2, 3] and epochs.count(1) <= 1, epochs
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == {"total": 3, "finished": 3, "failed": 0, "stopped_early": 0}
+
+    optuna_after = _searcher_trials(out)
+    assert [(t.number, t.params) for t in optuna_after[:2]] == optuna_before
+    assert len(optuna_after) == 3 and all(t.state.name == "COMPLETE" for t in optuna_after)
+    lrs = sorted(round(r[-1]["config"]["lr"], 12) for r in results.values())
+    assert lrs == sorted(round(t.params["lr"], 12) for t in optuna_after)
+    assert len(set(lrs)) == 3                        # the restored sampler did not repeat itself
+
+    parent, children = _runs(out)
+    assert parent.info.status == "FINISHED" and parent.data.tags["resumes"] == "1"
+    ids = [c.data.tags["trial_id"] for c in children]
+    assert sorted(ids) == sorted(results) and len(set(ids)) == len(ids) == 3
+    assert all(c.info.status == "FINISHED" for c in children)
+    resumed_child = next(c for c in children if c.data.tags["trial_id"] == interrupted)
+    assert "killed" in resumed_child.data.tags and "reopened" in resumed_child.data.tags
+    # Tune restarted the interrupted trial's result.json at epoch 2; MLflow kept every epoch
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "objective")
+        assert sorted(m.step for m in history) == [1, 2, 3], child.data.tags["trial_id"]
+    _check_layout(out)
