@@ -180,6 +180,7 @@ def _paused_worker(faults: Path, trial: int, out: Path, proc: subprocess.Popen) 
     return int(pid.read_text())
 
 
+@pytest.mark.slow
 def test_failing_trial_and_killed_worker(tmp_path, data):
     """Two trials, ``--max-failures 1``: trial 0 raises in both attempts and ends failed with its
     error in Tune, MLflow and summary.json; the study goes on, and trial 1's Train worker, SIGKILLed
@@ -223,6 +224,7 @@ def test_failing_trial_and_killed_worker(tmp_path, data):
     _check_layout(out)
 
 
+@pytest.mark.slow
 def test_all_trials_nan_fail_the_study(tmp_path, data):
     """``--set lr=1e6`` (batch 4) makes the loss NaN by step 3 (NonFiniteLossError) in every trial:
     each trial fails with its error recorded, summary.json is still written, the MLflow parent is
@@ -253,6 +255,7 @@ def _searcher_trials(out: Path) -> list[Any]:
     return state["_ot_study"].trials
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes(tmp_path, data):
     """SIGKILL the driver (and its local Ray) while trial 1 of 3 runs (paused after epoch 1),
     then rerun the same command with ``--resume``: exactly 3 trials, the Optuna history restored
