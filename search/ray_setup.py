@@ -52,7 +52,9 @@ def init_ray(address: str | None, setup: StudySetup, max_concurrent: int,
     else:
         check_machine(setup)            # a local Ray can only be as big as this machine
         need = max_concurrent * (1 + setup.workers_per_trial * setup.cpus_per_worker)
-        ray.init(num_cpus=int(max(os.cpu_count() or 1, need) + 0.999),
+        # address="local": always a new instance; a bare ray.init() would join whatever cluster
+        # /tmp/ray/ray_current_cluster names (another user's `ray start`).
+        ray.init(address="local", num_cpus=int(max(os.cpu_count() or 1, need) + 0.999),
                  dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=True,
                  include_dashboard=True)
     check_resources(setup)
