@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .render import BACKGROUNDS, COLOURS, SHAPES, SIZES, STYLES
+from .render import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
 #: Words a caption may use for each style (several per style, as on the web).
 STYLE_WORDS: dict[str, list[str]] = {
@@ -109,8 +109,3 @@ def noisy_caption(meta: dict[str, Any], rng: np.random.Generator, noise: float =
     if rng.random() < 0.7:
         text += f" on {_article(m['background'])} {m['background']} background"
     return text
-
-
-def style_names() -> list[str]:
-    """The context task's class names, in label order."""
-    return list(STYLES)

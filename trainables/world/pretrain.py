@@ -195,6 +195,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     state = {k: (v.half() if v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
     save_file(state, str(out))
+    ckpt.unlink(missing_ok=True)  # finished: a rerun of the command must start from scratch
     digest = sha256(out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) sha256 {digest}", flush=True)
     loaded = create_clip(MODEL, pretrained=str(out))  # through open_clip's own loader
