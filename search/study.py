@@ -273,8 +273,12 @@ class Study:
         out = {}
         uni_ids, uni = uniform_soup(ingredients, top_k)
         greedy_ids, greedy, _ = greedy_soup(ingredients, id_val_of)
+        done: dict[frozenset[str], dict[str, float]] = {}   # same ingredients, same soup
         for name, ids, state in (("uniform", uni_ids, uni), ("greedy", greedy_ids, greedy)):
-            result = wise_evaluation(parts, state, self.setup)
+            key = frozenset(ids)
+            if key not in done:
+                done[key] = wise_evaluation(parts, state, self.setup)
+            result = done[key]
             out[name] = {"trials": ids, "selected_alpha": result["wise_alpha"],
                          "soup": _strip(result, "ft/"), "wise": _strip(result, "wise/"),
                          "curve": {k: v for k, v in result.items() if k.startswith("wise_curve/")}}

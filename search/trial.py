@@ -122,13 +122,17 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
                              "wise_evaluations": float(len(curve))}
     # Reporting only, after selection: OOD along the curve (frontier plot), everything at α=1, α*.
     ood_sets = [k for k in evaluator.sets if k.startswith("ood/")]
+    ood_at: dict[float, dict[str, float]] = {}   # α -> OOD metrics, reused by the final report
     for a, id_val in sorted(curve.items()):
         out[M.curve(a, M.ID_VAL)] = id_val
         if ood_sets:
-            for name, value in evaluator.evaluate(load(a), method, ood_sets).items():
+            ood_at[a] = evaluator.evaluate(load(a), method, ood_sets)
+            for name, value in ood_at[a].items():
                 out[M.curve(a, name)] = value
     for prefix, a in (("ft", 1.0), ("wise", alpha)):
-        for name, value in evaluator.evaluate(load(a), method, evaluator.report_sets).items():
+        known = ood_at.get(round(a, 4), {})   # same weights, same images: no second pass
+        sets = [k for k in evaluator.report_sets if not (known and k in ood_sets)]
+        for name, value in {**known, **evaluator.evaluate(load(a), method, sets)}.items():
             out[M.at(prefix, name)] = value
     out["time/report_eval_s"] = time.perf_counter() - start - select_s
     model.load_state_dict(theta_ft)

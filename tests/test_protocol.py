@@ -90,3 +90,26 @@ def test_ties_go_to_the_smaller_alpha_and_ood_metrics_are_refused():
     assert alpha == 0.0
     with pytest.raises(ValueError, match="ID val only"):
         best_trial([{M.OOD_AVG: 1.0}], M.OOD_AVG)
+
+
+@pytest.mark.parametrize("strategy", ["grid", "golden"])
+def test_final_report_equals_a_full_evaluation_at_both_alphas(tmp_path, strategy):
+    """The report reuses the OOD numbers of the curve at α = 1 and α*; they must be exactly what
+    a fresh evaluation of every set gives (and nothing may go missing)."""
+    from dataclasses import replace
+
+    from trainables.wise import interpolate
+    spec = write_tiny_spec(tmp_path / "a", per_class=8)
+    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
+                       storage_path="unused", wise_strategy=strategy,
+                       base_params=dict(epochs=2, batch_size=8, warmup_steps=0, seed=0))
+    parts = prepare(setup, {"lr": 3e-3})
+    train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg)
+    theta_ft = parts.method.final_state_dict(parts.model)
+    out = wise_evaluation(parts, theta_ft, replace(setup))
+    keys = parts.method.trained_names(parts.model)
+    for prefix, alpha in (("ft", 1.0), ("wise", out["wise_alpha"])):
+        parts.model.load_state_dict(interpolate(parts.theta_zs, theta_ft, alpha, keys))
+        full = parts.evaluator.evaluate(parts.model, parts.method, parts.evaluator.report_sets)
+        got = {k[len(prefix) + 1:]: v for k, v in out.items() if k.startswith(prefix + "/")}
+        assert got == full

@@ -236,6 +236,8 @@ def ensure_world(root: Path, seed: int = 0, sizes: str = "default", workers: int
     elif root.exists():
         raise FileExistsError(f"{root} exists but holds no world.yaml: remove it or pick another")
     root.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(split_sizes(sizes).values())
+    print(f"Generating the embedded world ({total} images, once) in {root} ...", flush=True)
     try:
         return generate_world(root, seed=seed, sizes=sizes, workers=workers)
     except OSError:
