@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 WORLD = "world"                     # --captioner world: the spec's own anchors.captions
 WEIGHT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
-FORMAT = 1                          # bump when the cache layout or the algorithm changes
+FORMAT = 2                          # bump when the cache layout or the algorithm changes (2: root)
 COUNTS: Counter = Counter()         # embed_images, embed_texts, caption, retrieve, extract, hit
 
 
@@ -292,6 +292,7 @@ def _write_entry(entry: Path, spec: DataSpec, cap_table: Path, retrieved: list[t
                  found: Any, train: list[str], info: dict[str, Any]) -> Path:
     """Write the cache entry into a temporary folder and rename it into place; the spec path."""
     raw = _absolute_paths(yaml.safe_load(spec.source.read_text()), spec.root)
+    raw["root"] = str(spec.root)      # image rows of the manifests stay relative to the data root
     raw.setdefault("anchors", {})
     raw["anchors"]["captions"] = {"csv": str(entry / "captions.csv")}
     raw["anchors"]["retrieved"] = {"csv": str(entry / "retrieved.csv")}

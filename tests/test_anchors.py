@@ -225,6 +225,10 @@ def test_ensure_retrieved_gives_a_loadable_spec(tmp_path, cache, weights):
     assert len(captions) == 9 and all(c.endswith("square") for _, c in captions)
     raw = yaml.safe_load(derived.read_text())
     assert Path(raw["id"]["train"]["csv"]).is_absolute() and raw["name"] == "tiny-anchors"
+    # the manifests' image rows are relative to the data root, not to the cache entry
+    from trainables.data import read_samples
+    samples = read_samples(spec.train, spec.classes, spec.root)
+    assert len(samples) == 9 and all(Path(p).is_file() for p, _ in samples)
     neighbours = np.load(derived.parent / "neighbours.npz")
     assert neighbours["ids"].shape == (9, 4)
     assert A.ensure_retrieved(spec_path, MODEL, str(weights[0])) == derived

@@ -1,6 +1,7 @@
 """Datasets from a dataset spec: ImageFolder directories or CSV manifests, class names, templates.
 
-A dataset spec is a YAML file (loaded with ``yaml.safe_load``); paths are relative to its folder::
+A dataset spec is a YAML file (loaded with ``yaml.safe_load``); paths are relative to its folder
+(or to ``root: DIR`` when the spec names one)::
 
     name: my-benchmark
     id:
@@ -120,7 +121,7 @@ class DataSpec:
         return self.classes + self.new_classes
 
 
-_TOP_KEYS = {"name", "id", "ood", "zeroshot", "context", "anchors", "pretrain"}
+_TOP_KEYS = {"name", "root", "id", "ood", "zeroshot", "context", "anchors", "pretrain"}
 _ID_KEYS = {"classes", "classes_file", "templates", "templates_file", "context_templates", "train",
             "val", "test", "val_fraction", "metrics", "shots", "base_to_new", "on_corrupt"}
 _TASK_KEYS = {"classes", "classes_file", "templates", "templates_file", "test", "metrics"}
@@ -243,7 +244,11 @@ def load_spec(path: str | Path) -> DataSpec:
         from .benchmarks import build_spec
         return build_spec(expand_env(raw, spec), spec)
     raw = expand_env(_check_keys(raw, _TOP_KEYS, "the top level", spec), spec)
-    root = spec.parent
+    # Every relative path (manifests, folders, image rows) is resolved against ``root``: the
+    # spec's folder unless the spec names another (a derived spec cached elsewhere keeps its data).
+    root = (spec.parent / str(raw["root"])).resolve() if raw.get("root") else spec.parent
+    if not root.is_dir():
+        raise DataError(f"{spec}: root {root} is not a directory (fix or remove the root key)")
     idd = _check_keys(raw.get("id"), _ID_KEYS, "id", spec)
     for key in ("train", "test"):
         if key not in idd:
