@@ -127,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             continue
         mean, std = aggregate(runs, "ft/")
-        rows[method], spread[method] = mean, std
+        wanted = 1 if METHODS[method].trains_nothing else len(args.seeds)
+        label = method if len(runs) >= wanted else f"{method} (only {len(runs)} seed(s))"
+        rows[label], spread[label] = mean, std
         if not METHODS[method].trains_nothing:
             wmean, wstd = aggregate(runs, "wise/")
             alphas = [r["wise_alpha"] for r in runs]
-            name = f"{method} + WiSE (α={statistics.fmean(alphas):.2f})"
+            name = f"{label} + WiSE (α={statistics.fmean(alphas):.2f})"
             rows[name], spread[name] = wmean, wstd
             curve_mean, _ = aggregate(runs, "wise_curve/")
             frontier.append({"trial_id": method,
