@@ -248,8 +248,13 @@ def test_all_trials_nan_fail_the_study(tmp_path, data):
 
 
 def _searcher_trials(out: Path) -> list[Any]:
-    """The Optuna trials in the newest saved OptunaSearch state (Tune pickles it; test only)."""
-    newest = max((out / "ray" / STUDY).glob("searcher-state-*.pkl"), key=os.path.getmtime)
+    """The Optuna trials in the newest saved OptunaSearch state (Tune pickles it; test only).
+
+    Newest by name, as Tune itself chooses (``_load_newest_checkpoint``: the names carry the
+    session's start time). Not by mtime: every sync of the experiment folder rewrites all the
+    state files, the previous session's included, so their mtimes are a few ms apart in any
+    order."""
+    newest = max((out / "ray" / STUDY).glob("searcher-state-*.pkl"), key=lambda p: p.name)
     with newest.open("rb") as fh:
         state = pickle.load(fh)
     return state["_ot_study"].trials
