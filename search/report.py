@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
               f"--wise-grid {grid}`  \n"
               f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, "
               f"{platform.processor() or 'CPU'}; date {date.today()}; seeds {args.seeds}; "
-              f"wall {time.perf_counter() - started:.0f}s for the runs not cached\n")
+              + ("rendered from results.json (--table-only)\n" if args.table_only else
+                 f"wall {time.perf_counter() - started:.0f}s for the runs not cached\n"))
     (args.output / "table.md").write_text(header + "\n" + table + "\n")
     print(header)
     print(table)
