@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import metrics as M
-from .data import LabeledImages, TaskData, Template
+from .data import LabeledImages, TaskData
+from .spec import Template
 from .heads import zero_shot_weights
 from .methods.base import Method, is_text_tower
 from .sampling import NEW_SET

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..data import DataSpec, Split, Template, parse_split, templates_from
+from ..spec import DataSpec, Split, Template, parse_split, templates_from
 from ..errors import DataError
 from ..sampling import NEW_SET, split_base_new
 from ..scoring import Scoring

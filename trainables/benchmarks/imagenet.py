@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data import DataSpec, Split
+from ..spec import DataSpec, Split
 from ..errors import DataError
 from ..scoring import Scoring, parse_metrics, subset_projection
 from . import register
