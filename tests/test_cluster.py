@@ -24,7 +24,7 @@ import pytest
 from search.ray_setup import ClusterError, check_cluster, derive_max_concurrent
 from search.trial import StudySetup
 
-from .test_benchmarks import write_image
+from .benchmark_stubs import write_image
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
