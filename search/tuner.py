@@ -81,11 +81,12 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
                         if param_space else None),
             scheduler=make_scheduler(scheduler, grace_period, reduction_factor),
             num_samples=num_samples, max_concurrent_trials=max_concurrent_trials,
-            # the next trial runs in the finished trial's actor: no new process importing torch,
-            # open_clip and Ray Train (BENCHMARKS.md, figure 2). The trial actor keeps no state
-            # of its own (each trial's TorchTrainer starts its own controller and workers), and
-            # a failed trial's actor is never reused (Tune stops it).
-            reuse_actors=True),
+            # reuse_actors stays off (Tune's default for function trainables): when ASHA stops a
+            # trial, its TorchTrainer.fit() is still shutting down its worker group when Tune
+            # resets the actor for the next trial; reset_config() then times out
+            # (TUNE_FUNCTION_THREAD_TIMEOUT_S, 2 s) and Tune fails the *next* trial ("Could not
+            # re-use actor"). Seen on the embedded default, 2026-11-23; BENCHMARKS.md, figure 2.
+            reuse_actors=False),
         run_config=tune.RunConfig(
             name=study_name, storage_path=str(storage_path), callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
