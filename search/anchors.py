@@ -45,7 +45,8 @@ import numpy as np
 import torch
 import yaml
 
-from trainables.data import DataSpec, Split, load_spec, read_pairs, read_samples
+from trainables.data import read_pairs, read_samples
+from trainables.spec import DataSpec, Split, load_spec
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, create_clip
 
 from .retrieval import (IndexSettings, embed_images, embed_texts, iter_shards, read_table,

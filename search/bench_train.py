@@ -290,7 +290,8 @@ def _peak_rss_kb() -> int:
 
 
 def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
-    from trainables.data import LabeledImages, load_spec
+    from trainables.data import LabeledImages
+    from trainables.spec import load_spec
     from trainables.loop import train
     from .report import COMMON, DEFAULTS
     from .trial import StudySetup, prepare

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainables import metrics as M
-from trainables.data import load_spec
+from trainables.spec import load_spec
 from trainables.evaluate import Evaluator
 from trainables.methods import get_method_class
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED

@@ -21,7 +21,8 @@ from torch import nn
 from trainables import metrics as M
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrainConfig, split_config
-from trainables.data import TaskData, build_task_data, load_spec
+from trainables.data import TaskData, build_task_data
+from trainables.spec import load_spec
 from trainables.evaluate import SELECTION, Evaluator
 from trainables.heads import build_classifier
 from trainables.methods import Method, MethodContext, get_method_class

@@ -21,7 +21,8 @@ from search import anchors as A
 from search import prepare
 from search.retrieval import (IndexSettings, exact_topk, iter_shards, read_table, recall_at_k,
                               retrieve, unique_candidates)
-from trainables.data import load_spec, read_pairs
+from trainables.data import read_pairs
+from trainables.spec import load_spec
 
 faiss.omp_set_num_threads(1)
 MODEL = "micro-clip-16"

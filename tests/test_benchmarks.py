@@ -16,9 +16,10 @@ import torch
 
 from trainables import metrics as M
 from trainables.benchmarks import builtin_specs, resolve_data
-from trainables.data import DataError, load_spec
+from trainables.data import DataError
 from trainables.models import ModelError, create_clip
 from trainables.scoring import Scoring, harmonic_mean, macro_f1, worst_group_accuracy
+from trainables.spec import load_spec
 
 from .benchmark_stubs import evaluate, labels_of, write_csv, write_image
 from .test_benchmarks_fewshot import COOP

@@ -11,8 +11,9 @@ import torch
 from trainables import metrics as M
 from trainables.benchmarks import builtin_specs
 from trainables.benchmarks.metadata import clip_benchmark_templates
-from trainables.data import DataError, build_task_data, load_spec
+from trainables.data import DataError, build_task_data
 from trainables.sampling import NEW_SET
+from trainables.spec import load_spec
 
 from .benchmark_stubs import D, decode, evaluate, labels_of, write_image
 

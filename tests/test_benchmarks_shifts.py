@@ -11,9 +11,10 @@ import torch
 from trainables import metrics as M
 from trainables.benchmarks import builtin_specs
 from trainables.benchmarks.metadata import imagenet_classname, imagenet_subset, imagenet_wnids
-from trainables.data import DataError, build_task_data, load_spec
+from trainables.data import DataError, build_task_data
 from trainables.sampling import NEW_SET
 from trainables.scoring import project
+from trainables.spec import load_spec
 
 from .benchmark_stubs import decode, evaluate, labels_of, write_csv, write_image
 

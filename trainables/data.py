@@ -22,7 +22,7 @@ from .images import (CropBorder, ImageTextPairs, LabeledImages,  # noqa: F401 (r
                      load_image, pair_collate)
 from .sampling import (NEW_SET, hold_out, only_base, only_new,  # noqa: F401 (hold_out
                        sample_shots, val_shots)                 # re-exported)
-from .spec import DataSpec, Split, Task, load_spec  # noqa: F401 (load_spec re-exported)
+from .spec import DataSpec, Split, Task
 from .spec_env import env_vars  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)

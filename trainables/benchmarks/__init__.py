@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data import DataSpec
 from ..errors import DataError
+from ..spec import DataSpec
 from ..spec_env import spec_env_vars
 
 SPEC_DIR = Path(__file__).parent / "specs"

@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..spec import DataSpec, Split, Template, parse_split, templates_from
 from ..errors import DataError
 from ..sampling import NEW_SET, split_base_new
 from ..scoring import Scoring
+from ..spec import DataSpec, Split, Template, parse_split, templates_from
 
 COMMON_KEYS = {"benchmark", "name", "root", "templates", "templates_file", "context_templates",
                "val_fraction", "shots", "base_to_new", "anchors"}

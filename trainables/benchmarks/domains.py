@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..data import DataSpec
 from ..errors import DataError
 from ..sampling import hold_out
 from ..scoring import Scoring
+from ..spec import DataSpec
 from . import register
 from .common import Options, finish, items_split, readable, scan_folders
 

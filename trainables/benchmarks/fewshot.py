@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data import DataSpec
 from ..errors import DataError
+from ..spec import DataSpec
 from . import register
 from .common import Options, finish, items_split
 from .metadata import clip_benchmark_classnames

@@ -21,9 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..spec import DataSpec, Split
 from ..errors import DataError
 from ..scoring import Scoring, parse_metrics, subset_projection
+from ..spec import DataSpec, Split
 from . import register
 from .common import Options, finish, items_split, scan_folders
 from .metadata import imagenet_classname, imagenet_index, imagenet_subset, imagenet_wnids

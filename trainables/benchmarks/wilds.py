@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics as M
-from ..data import DataSpec
 from ..errors import DataError
 from ..scoring import Scoring
+from ..spec import DataSpec
 from . import register
 from .common import Options, finish, items_split, readable
 
