@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-trial", type=int, default=1,
                    help="Ray Train workers (DDP processes) per trial; batch_size is per worker, "
                         "so the global batch is workers x batch_size (default 1)")
+    p.add_argument("--worker-group", action="store_true",
+                   help="start a Ray Train worker group even for one-worker trials (a fresh "
+                        "process per trial, 20-60 s start-up each on a small machine); by default "
+                        "a one-worker trial trains inside its reused Tune trial actor")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs per Train worker (bf16 autocast on CUDA); fractions such as 0.25 "
                         "pack small models onto one GPU (default 0: CPU)")

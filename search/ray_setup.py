@@ -29,10 +29,10 @@ def init_ray(address: str | None, setup: StudySetup, max_concurrent: int,
              tracking_uri: str | None = None) -> None:
     """Join ``address`` or start a local Ray whose logical CPUs cover every concurrent trial.
 
-    On a small machine Tune's driver actor (1 CPU) plus the Train workers of each concurrent trial
-    must all fit, or trials wait for resources forever (ENVIRONMENT.md); locally we therefore
-    declare ``max_concurrent * (1 + workers * cpus_per_worker)`` logical CPUs when the machine has
-    fewer. The dashboard binds to 127.0.0.1. The environment variables the data spec reads
+    On a small machine every concurrent trial's reservation (``StudySetup.trial_resources``: the
+    worker's CPUs for a one-worker trial, else Tune's trial actor (1 CPU) plus the Train workers)
+    must fit, or trials wait for resources forever (ENVIRONMENT.md); locally we therefore declare
+    ``max_concurrent`` times that many logical CPUs when the machine has fewer. The dashboard binds to 127.0.0.1. The environment variables the data spec reads
     (``${IMAGENET_ROOT}``, …) travel to every worker in the runtime environment. After joining,
     :func:`check_cluster` refuses node-local storage and a sqlite ``tracking_uri`` when the
     cluster has more than one node.
@@ -51,7 +51,7 @@ def init_ray(address: str | None, setup: StudySetup, max_concurrent: int,
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
         check_machine(setup)            # a local Ray can only be as big as this machine
-        need = max_concurrent * (1 + setup.workers_per_trial * setup.cpus_per_worker)
+        need = max_concurrent * setup.trial_resources["CPU"]
         # address="local": always a new instance; a bare ray.init() would join whatever cluster
         # /tmp/ray/ray_current_cluster names (another user's `ray start`).
         ray.init(address="local", num_cpus=int(max(os.cpu_count() or 1, need) + 0.999),
@@ -121,12 +121,10 @@ def check_cluster(storage_path: str, tracking_uri: str | None,
 def derive_max_concurrent(setup: StudySetup, cpus: float, gpus: float,
                           num_samples: int | None = None) -> int:
     """How many trials fit at once on ``cpus`` CPUs and ``gpus`` GPUs: each takes
-    ``workers * cpus_per_worker + 1`` CPUs (the +1 is Tune's trial driver) and
-    ``workers * gpus_per_worker`` GPUs (fractional GPUs pack several small trials on one GPU);
-    at least 1, at most ``num_samples``."""
-    per_cpu = setup.workers_per_trial * setup.cpus_per_worker + 1
+    ``StudySetup.trial_resources`` (with a worker group, +1 CPU for Tune's trial actor;
+    fractional GPUs pack several small trials on one GPU); at least 1, at most ``num_samples``."""
+    per_cpu, per_gpu = setup.trial_resources["CPU"], setup.trial_resources["GPU"]
     fits = math.floor(cpus / per_cpu + 1e-9)
-    per_gpu = setup.workers_per_trial * setup.gpus_per_worker
     if per_gpu > 0:
         fits = min(fits, math.floor(gpus / per_gpu + 1e-9))
     return max(1, min(fits, num_samples or fits))
@@ -173,11 +171,11 @@ def check_resources(setup: StudySetup) -> None:
                             "trial need a GPU each (NCCL refuses two on one device); fractional "
                             "GPUs pack one-worker trials, so use --workers-per-trial 1")
     total = ray.cluster_resources()
-    cpus = setup.workers_per_trial * setup.cpus_per_worker + 1
-    gpus = setup.workers_per_trial * setup.gpus_per_worker
+    cpus, gpus = setup.trial_resources["CPU"], setup.trial_resources["GPU"]
+    driver = "" if setup.in_trial_process else " + 1 for the trial driver"
     if cpus > total.get("CPU", 0):
         raise ResourceError(f"a trial needs {cpus:g} CPUs ({setup.workers_per_trial} workers x "
-                            f"{setup.cpus_per_worker:g} + 1 for the trial driver) but the cluster "
+                            f"{setup.cpus_per_worker:g}{driver}) but the cluster "
                             f"has {total.get('CPU', 0):g}: lower --workers-per-trial or "
                             "--cpus-per-worker")
     if gpus > total.get("GPU", 0):

@@ -11,7 +11,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from .cli import UsageError, build_parser, fail, parse_set
 

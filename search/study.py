@@ -135,6 +135,7 @@ class Study:
             wise_evaluations=space.wise.evaluations if space else 6,
             workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
             cpus_per_worker=cpus, max_failures=args.max_failures,
+            worker_group=args.worker_group,
             torch_threads=max(1, int(cpus)), base_params=base)
         data = _with_anchors(setup, method_cls, output)
         setup = replace(setup, data=str(data))
@@ -215,7 +216,10 @@ class Study:
                            "config": dict(result.config or {}), "metrics": metrics,
                            "error": None if result.error is None else
                            str(result.error).strip().splitlines()[-1][:500],
-                           "checkpoint": metrics.get("checkpoint_path")})
+                           # a worker group's checkpoint lives in Train's storage (its path
+                           # is a metric); a trial-actor run's in Tune's trial folder
+                           "checkpoint": metrics.get("checkpoint_path") or (
+                               result.checkpoint.path if result.checkpoint else None)})
         return trials
 
     # --- after the study ----------------------------------------------------------------------

@@ -55,7 +55,30 @@ class StudySetup:
     keep_checkpoints: int = 1
     eval_batch_size: int = 256
     torch_threads: int = 0
+    worker_group: bool = False
     base_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_trial_process(self) -> bool:
+        """Whether :func:`train_worker` runs directly in Tune's trial actor (no Ray Train).
+
+        A one-worker trial gains nothing from a Train worker group, and starting one per trial
+        (Train's controller, synchronisation and placement-group actors and the worker, each a
+        fresh process importing Ray and torch) cost 20-60 s per trial on the 2-core machine
+        (BENCHMARKS.md, figure 2). In the trial actor, reused by the next trial, torch and
+        open_clip are imported once per actor. (Train's own local mode, ``num_workers=0``, is no
+        way round: inside a Tune trial Ray 2.60 refuses ``ray.train.report``/``get_context``.)
+        ``worker_group=True`` (``--worker-group``) keeps Train for one-worker trials too."""
+        return self.workers_per_trial == 1 and not self.worker_group
+
+    @property
+    def trial_resources(self) -> dict[str, float]:
+        """What Tune reserves for one trial: the worker's CPUs/GPUs when the Train function runs
+        in the trial actor, else 1 CPU for the actor plus every worker's CPUs/GPUs."""
+        if self.in_trial_process:
+            return {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker}
+        return {"CPU": self.workers_per_trial * self.cpus_per_worker + 1,
+                "GPU": self.workers_per_trial * self.gpus_per_worker}
 
 
 @dataclass
@@ -141,26 +164,38 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train per-worker function: train, report per epoch, then WiSE-select and report."""
+    """One trial's worker: train, report per epoch, then WiSE-select and report. Runs as Ray
+    Train's per-worker function (a worker group), or directly in the Tune trial actor
+    (``StudySetup.in_trial_process``); ``loop_config`` = params, setup, run_name."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
+    import ray.tune
 
     from trainables.loop import train
 
     setup = StudySetup(**loop_config["setup"])
+    # In the Tune trial actor (one-worker trials) the reports and checkpoints go to Tune's
+    # session, which stores the checkpoints and hands the last one back on a restart; in a Train
+    # worker group, to Train's. Ray sets CUDA_VISIBLE_DEVICES to the GPU(s) it gave the actor.
+    in_actor = setup.in_trial_process
+    session = ray.tune if in_actor else ray.train
     if setup.torch_threads:
         torch.set_num_threads(setup.torch_threads)
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
+    rank = 0 if in_actor else ray.train.get_context().get_world_rank()
+    if in_actor:
+        device = torch.device("cuda", 0) if setup.gpus_per_worker > 0 else torch.device("cpu")
+    else:
+        device = ray.train.torch.get_device()
+    start = time.perf_counter()
     parts = prepare(setup, loop_config["params"], device)
-    fault_index = (faults.trial_index(ray.train.get_context().get_experiment_name())
+    setup_s = {"time/setup_s": time.perf_counter() - start}   # model + data; on the first report
+    fault_index = (faults.trial_index(loop_config["run_name"])
                    if rank == 0 else None)    # None unless a test injects faults
     run_config = {"method": setup.method, "model": setup.model, "pretrained": setup.pretrained,
                   "classes": list(parts.data.spec.classes), "params": loop_config["params"]}
 
     resume = None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state, _, resume = load_checkpoint(ckpt_dir, device)
@@ -168,12 +203,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, float], state: dict[str, torch.Tensor] | None,
                loop_state=None) -> None:
+        metrics = {**setup_s, **metrics}
+        setup_s.clear()
         if rank != 0 or state is None:
-            ray.train.report(metrics)
+            session.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(tmp, state, run_config, loop_state)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+            session.report(metrics, checkpoint=session.Checkpoint.from_directory(tmp))
 
     def on_epoch_end(epoch_report, snapshot) -> None:
         metrics = {M.EPOCH: epoch_report.epoch, M.TRAIN_LOSS: epoch_report.train_loss,
@@ -191,9 +228,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     def make_loader(*args, **kwargs):
         from trainables.loop import default_loader
-        # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute.
-        return ray.train.torch.prepare_data_loader(
-            default_loader(*args, **kwargs, pin_memory=device.type == "cuda"))
+        # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute. One
+        # process needs no sharding, and the loop moves each batch to the device itself.
+        loader = default_loader(*args, **kwargs, pin_memory=device.type == "cuda")
+        return loader if in_actor else ray.train.torch.prepare_data_loader(loader)
 
     reports = []
     if not parts.method.trains_nothing and (resume is None or resume.stage_index <
@@ -201,7 +239,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         reports = train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg,
                         device=device, eval_transform=parts.bundle.preprocess_val,
                         on_epoch_end=on_epoch_end, resume=resume, make_loader=make_loader,
-                        wrap_module=ray.train.torch.prepare_model)
+                        wrap_module=(lambda m: m) if in_actor else ray.train.torch.prepare_model)
     final: dict[str, float] = {M.EPOCH: (reports[-1].epoch if reports else
                                          (resume.global_epoch if resume else 0)) + 1}
     theta_ft = parts.method.final_state_dict(parts.model)

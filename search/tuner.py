@@ -1,9 +1,13 @@
-"""The Tune wiring, in one place (Ray 2.60's supported Train-in-Tune pattern).
+"""The Tune wiring, in one place.
 
-Each Tune trial runs :func:`run_trial`, a function trainable that builds a ``TorchTrainer`` over
-:func:`search.trial.train_worker` and calls ``fit()``; ``TuneReportCallback`` forwards the workers'
-reports (metrics + checkpoint path) to Tune. OptunaSearch (TPE or random, seeded, named study)
-proposes the configurations; ASHA prunes on the per-epoch ID-val objective.
+Each Tune trial runs :func:`run_trial`, a function trainable. A trial with several workers (DDP)
+or ``--worker-group`` builds a ``TorchTrainer`` over :func:`search.trial.train_worker` and calls
+``fit()`` (Ray 2.60's Train-in-Tune pattern): ``TuneReportCallback`` forwards the workers'
+reports (metrics + checkpoint path) to Tune. A one-worker trial runs the same worker function in
+the trial actor as a plain Tune function trainable, reporting to Tune's session, and the actor
+is reused by the next trial (BENCHMARKS.md, figure 2: 20-60 s less per trial here). OptunaSearch
+(TPE or random, seeded, named study) proposes the configurations; ASHA prunes on the per-epoch
+ID-val objective.
 """
 from __future__ import annotations
 
@@ -21,23 +25,31 @@ from .trial import OBJECTIVE, StudySetup, setup_dict, train_worker
 
 
 def run_trial(config: dict[str, Any], setup: StudySetup) -> None:
-    """Tune function trainable: one ``TorchTrainer.fit()`` per trial, named by the trial id."""
+    """Tune function trainable: one trial. A one-worker trial runs :func:`train_worker` right
+    here, in the (reused) trial actor, on the resources Tune reserved for it; otherwise one
+    ``TorchTrainer.fit()`` per trial, its Train run named by the trial id."""
+    trial_id = tune.get_context().get_trial_id()
+    loop_config = {"params": dict(config), "setup": setup_dict(setup),
+                   "run_name": f"train-{trial_id}"}   # deterministic: a restarted trial resumes
+    if setup.in_trial_process:
+        train_worker(loop_config)
+        return
+
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial_id = tune.get_context().get_trial_id()
     use_gpu = setup.gpus_per_worker > 0
     resources = {"CPU": setup.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = setup.gpus_per_worker
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"params": dict(config), "setup": setup_dict(setup)},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=setup.workers_per_trial,
                                                use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",          # deterministic: a restarted trial resumes
+            name=loop_config["run_name"],
             storage_path=str(Path(setup.storage_path) / "train"),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
@@ -70,7 +82,7 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
                callbacks: list, storage_path: Path) -> tune.Tuner:
     """A Tuner over :func:`run_trial`; results and trial checkpoints live under storage_path."""
     setup = replace(setup, storage_path=str(storage_path))
-    trainable = tune.with_parameters(run_trial, setup=setup)
+    trainable = make_trainable(setup)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -81,16 +93,23 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
                         if param_space else None),
             scheduler=make_scheduler(scheduler, grace_period, reduction_factor),
             num_samples=num_samples, max_concurrent_trials=max_concurrent_trials,
-            # reuse_actors stays off (Tune's default for function trainables): when ASHA stops a
-            # trial, its TorchTrainer.fit() is still shutting down its worker group when Tune
-            # resets the actor for the next trial; reset_config() then times out
-            # (TUNE_FUNCTION_THREAD_TIMEOUT_S, 2 s) and Tune fails the *next* trial ("Could not
-            # re-use actor"). Seen on the embedded default, 2026-11-23; BENCHMARKS.md, figure 2.
-            reuse_actors=False),
+            # Reusing the trial actor keeps torch and open_clip loaded from one trial to the
+            # next. Safe only when training runs in the actor: ASHA's stop then ends the trial
+            # inside its blocking tune.report(). With a worker group,
+            # TorchTrainer.fit() is still shutting the group down when Tune resets the actor;
+            # reset_config() times out (TUNE_FUNCTION_THREAD_TIMEOUT_S, 2 s) and Tune fails the
+            # *next* trial ("Could not re-use actor"; seen 2026-11-23, BENCHMARKS.md figure 2).
+            reuse_actors=setup.in_trial_process),
         run_config=tune.RunConfig(
             name=study_name, storage_path=str(storage_path), callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1),
+            # a failed trial restarts from its last checkpoint: in the trial actor, Tune does it;
+            # with a worker group, Train does (RunConfig.failure_config in run_trial)
+            failure_config=tune.FailureConfig(
+                max_failures=setup.max_failures if setup.in_trial_process else 0,
+                fail_fast=False),
+            # Tune holds the checkpoints only of trials that train in the trial actor
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
+            verbose=1),
     )
 
 
@@ -100,6 +119,18 @@ def restore_tuner(setup: StudySetup, study_name: str, storage_path: Path) -> tun
     Ray restores the Tuner's callbacks (the MLflow callback) from the pickled run config, so the
     recorder reattaches to the same parent run."""
     setup = replace(setup, storage_path=str(storage_path))
-    trainable = tune.with_parameters(run_trial, setup=setup)
-    return tune.Tuner.restore(str(storage_path / study_name), trainable=trainable,
+    return tune.Tuner.restore(str(storage_path / study_name), trainable=make_trainable(setup),
                               resume_unfinished=True, restart_errored=False)
+
+
+def make_trainable(setup: StudySetup):
+    """:func:`run_trial` with the study's setup and the trial actor's resources: the worker's
+    CPUs (and GPUs) when training runs in the actor; else Tune's default 1 CPU, the workers
+    reserving theirs through Train."""
+    resources: dict[str, float] = {"cpu": 1}
+    if setup.in_trial_process:
+        resources = {"cpu": setup.cpus_per_worker}
+        if setup.gpus_per_worker:
+            resources["gpu"] = setup.gpus_per_worker
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+

@@ -89,7 +89,8 @@ def test_help_documents_every_option():
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0
     for option in ("--method", "--space", "--data", "--model", "--pretrained", "--num-samples",
-                   "--max-concurrent-trials", "--workers-per-trial", "--gpus-per-worker",
+                   "--max-concurrent-trials", "--workers-per-trial", "--worker-group",
+                   "--gpus-per-worker",
                    "--address", "--output", "--tracking-uri", "--experiment", "--seed",
                    "--resume", "--set"):
         assert option in proc.stdout

@@ -2,8 +2,8 @@
 server; and the checks that refuse node-local storage or a sqlite store on more than one node.
 
 The cluster is two ``ray start --block`` processes (head + worker, 2 logical CPUs each). A trial
-takes 2 CPUs (its Train worker + Tune's trial driver), so two concurrent trials must span both
-nodes. The data is the built-in PACS spec over a fake DomainBed tree; ``DOMAINBED_ROOT`` is set in
+takes 2 CPUs (``--cpus-per-worker 2``, its Train function in the Tune trial actor), so two
+concurrent trials must span both nodes. The data is the built-in PACS spec over a fake DomainBed tree; ``DOMAINBED_ROOT`` is set in
 the driver only, so the run also shows the spec's variables travelling to the other node's
 workers in the runtime environment. Every process started here is stopped by its own id.
 """
@@ -66,6 +66,17 @@ def test_max_concurrent_is_derived_from_resources():
     assert derive_max_concurrent(small, cpus=16, gpus=1) == 4        # 4 trials share one GPU
     assert derive_max_concurrent(small, cpus=16, gpus=1, num_samples=3) == 3
     assert derive_max_concurrent(small, cpus=1, gpus=0) == 1         # never below 1
+    # a one-worker trial trains in its Tune actor: the worker's CPUs only; a worker group adds
+    # 1 CPU for the trial actor
+    one = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
+                     cpus_per_worker=2)
+    assert one.in_trial_process and one.trial_resources == {"CPU": 2, "GPU": 0}
+    assert derive_max_concurrent(one, cpus=8, gpus=0) == 4
+    group = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
+                       cpus_per_worker=2, worker_group=True)
+    assert not group.in_trial_process and group.trial_resources == {"CPU": 3, "GPU": 0}
+    assert derive_max_concurrent(group, cpus=8, gpus=0) == 2
+    assert not setup.in_trial_process                                # 2 workers: a group
 
 
 # --- a real two-node cluster -------------------------------------------------------------------------
@@ -202,7 +213,7 @@ def _search(address: str, tracking: str | None, env: dict, work: Path, output: P
     args = [sys.executable, "-m", "search.run", "--method", "ft", "--space", "spaces/ft.yaml",
             "--data", "trainables/benchmarks/specs/pacs.yaml", "--model", "micro-clip-16",
             "--pretrained", "", "--num-samples", "2", "--max-concurrent-trials", "2",
-            "--cpus-per-worker", "1", "--address", address, "--output", str(output),
+            "--cpus-per-worker", "2", "--address", address, "--output", str(output),
             "--set", "epochs=1", "--set", "batch_size=8", "--set", "warmup_steps=0",
             "--set", "search.scheduler=fifo", "--set", "wise.grid=[0.0, 0.5, 1.0]",
             "--experiment", "cluster-test"]

@@ -39,6 +39,10 @@ LAYOUT = [
     *(f"ray/{STUDY}/run_trial_*/{name}" for name in (
         "params.json", "params.pkl", "result.json", "progress.csv", "events.out.tfevents.*",
         "error.txt", "error.pkl")),
+    # a trial trained in its Tune actor (the default): Tune keeps its checkpoints
+    *(f"ray/{STUDY}/run_trial_*/checkpoint_*/{name}" for name in (
+        "model.safetensors", "config.json", "loop_state.pt")),
+    # a trial with a Train worker group (--worker-group): Train keeps them
     "ray/train/train-*/.validate_storage_marker",
     "ray/train/train-*/checkpoint_manager_snapshot.json",
     *(f"ray/train/train-*/checkpoint_*/{name}" for name in (
@@ -165,7 +169,8 @@ def _check_layout(out: Path, keep_checkpoints: int = 1) -> None:
         fnmatch.fnmatch(f, pattern) and f.count("/") == pattern.count("/") for pattern in LAYOUT)]
     assert not unexpected, f"files the README does not list: {unexpected}"
     assert not [f for f in files if ".tmp-" in f or "/tmp" in f or f.endswith(".tmp")]
-    for run in (out / "ray" / "train").iterdir():
+    runs = [*(out / "ray" / STUDY).glob("run_trial_*"), *(out / "ray" / "train").glob("*")]
+    for run in runs:
         assert len([c for c in run.glob("checkpoint_*") if c.is_dir()]) <= keep_checkpoints, run
 
 
@@ -181,12 +186,14 @@ def _paused_worker(faults: Path, trial: int, out: Path, proc: subprocess.Popen) 
 
 
 @pytest.mark.slow
-def test_failing_trial_and_killed_worker(tmp_path, data):
+@pytest.mark.parametrize("mode", [[], ["--worker-group"]], ids=["trial-actor", "worker-group"])
+def test_failing_trial_and_killed_worker(tmp_path, data, mode):
     """Two trials, ``--max-failures 1``: trial 0 raises in both attempts and ends failed with its
-    error in Tune, MLflow and summary.json; the study goes on, and trial 1's Train worker, SIGKILLed
-    after epoch 1, is restarted from that checkpoint and finishes; summary and table are written."""
+    error in Tune, MLflow and summary.json; the study goes on, and trial 1's worker (the Tune
+    trial actor, or with --worker-group the Train worker), SIGKILLed after epoch 1, is restarted
+    from that checkpoint and finishes; summary and table are written."""
     faults, out = tmp_path / "faults", tmp_path / "out"
-    proc = _start(_command(tmp_path, data, 2, "--max-failures", "1"), tmp_path, "driver",
+    proc = _start(_command(tmp_path, data, 2, "--max-failures", "1", *mode), tmp_path, "driver",
                   ROBUST_SEARCH_FAULT="raise@1#0,pause@1#1", ROBUST_SEARCH_FAULT_DIR=str(faults))
     try:
         os.kill(_paused_worker(faults, 1, out, proc), signal.SIGKILL)   # the worker, mid-trial
@@ -221,6 +228,7 @@ def test_failing_trial_and_killed_worker(tmp_path, data):
     assert runs[index[0]].info.status == "FAILED"
     assert "injected fault" in runs[index[0]].data.tags["error"]
     assert runs[index[1]].info.status == "FINISHED"
+    assert (out / "ray" / "train").is_dir() == bool(mode)   # Train's storage only for a group
     _check_layout(out)
 
 
@@ -279,6 +287,10 @@ def test_killed_driver_resumes(tmp_path, data):
     interrupted = (faults / "index-1").read_text().removeprefix("train-")
     before = _trial_results(out)
     assert len(before) == 2 and [r["epoch"] for r in before[interrupted]] == [1]
+    # one-worker trials train in their Tune actor, which the next trial reuses: one process,
+    # and each trial reports how long building its model and data took
+    assert len({rows[0]["pid"] for rows in before.values()}) == 1, before
+    assert all(rows[0]["time/setup_s"] > 0 for rows in before.values())
     assert not (out / "summary.json").exists()
     parent, children = _runs(out)
     assert parent.info.status == "RUNNING"          # what the kill left open
@@ -295,6 +307,8 @@ def test_killed_driver_resumes(tmp_path, data):
     # the interrupted trial's Train run resumed from its epoch-1 checkpoint: epochs continue
     epochs = [r["epoch"] for r in results[interrupted]]
     assert epochs[-2:] == [2, 3] and epochs.count(1) <= 1, epochs
+    last = next(k for k in results if k not in before)
+    assert results[last][0]["pid"] == results[interrupted][-1]["pid"]   # the resumed actor, reused
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"] == {"total": 3, "finished": 3, "failed": 0, "stopped_early": 0}
 

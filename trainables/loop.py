@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .config import TrainConfig
 from .data import LabeledImages, TaskData, pair_collate
-from .methods.base import Batch, Method, MethodContext, Stage
+from .methods.base import Batch, Method, MethodContext
 
 log = logging.getLogger(__name__)
 
