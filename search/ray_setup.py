@@ -32,8 +32,9 @@ def init_ray(address: str | None, setup: StudySetup, max_concurrent: int,
     On a small machine every concurrent trial's reservation (``StudySetup.trial_resources``: the
     worker's CPUs for a one-worker trial, else Tune's trial actor (1 CPU) plus the Train workers)
     must fit, or trials wait for resources forever (ENVIRONMENT.md); locally we therefore declare
-    ``max_concurrent`` times that many logical CPUs when the machine has fewer. The dashboard binds to 127.0.0.1. The environment variables the data spec reads
-    (``${IMAGENET_ROOT}``, …) travel to every worker in the runtime environment. After joining,
+    ``max_concurrent`` times that many logical CPUs when the machine has fewer. The dashboard
+    binds to 127.0.0.1. The environment variables the data spec reads (``${IMAGENET_ROOT}``, …)
+    travel to every worker in the runtime environment. After joining,
     :func:`check_cluster` refuses node-local storage and a sqlite ``tracking_uri`` when the
     cluster has more than one node.
     """

@@ -73,8 +73,8 @@ class StudySetup:
 
     @property
     def trial_resources(self) -> dict[str, float]:
-        """What Tune reserves for one trial: the worker's CPUs/GPUs when the Train function runs
-        in the trial actor, else 1 CPU for the actor plus every worker's CPUs/GPUs."""
+        """What one trial reserves in all: the worker's CPUs/GPUs when it runs in the trial
+        actor, else 1 CPU for the actor plus every Train worker's CPUs/GPUs."""
         if self.in_trial_process:
             return {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker}
         return {"CPU": self.workers_per_trial * self.cpus_per_worker + 1,

@@ -124,13 +124,10 @@ def restore_tuner(setup: StudySetup, study_name: str, storage_path: Path) -> tun
 
 
 def make_trainable(setup: StudySetup):
-    """:func:`run_trial` with the study's setup and the trial actor's resources: the worker's
-    CPUs (and GPUs) when training runs in the actor; else Tune's default 1 CPU, the workers
-    reserving theirs through Train."""
-    resources: dict[str, float] = {"cpu": 1}
+    """:func:`run_trial` with the study's setup and the trial actor's resources: the whole
+    ``setup.trial_resources`` when training runs in the actor; else Tune's default 1 CPU, the
+    workers reserving theirs through Train."""
+    resources = {"cpu": 1.0}
     if setup.in_trial_process:
-        resources = {"cpu": setup.cpus_per_worker}
-        if setup.gpus_per_worker:
-            resources["gpu"] = setup.gpus_per_worker
+        resources = {k.lower(): v for k, v in setup.trial_resources.items() if v}
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
-

@@ -2,10 +2,10 @@
 server; and the checks that refuse node-local storage or a sqlite store on more than one node.
 
 The cluster is two ``ray start --block`` processes (head + worker, 2 logical CPUs each). A trial
-takes 2 CPUs (``--cpus-per-worker 2``, its Train function in the Tune trial actor), so two
-concurrent trials must span both nodes. The data is the built-in PACS spec over a fake DomainBed tree; ``DOMAINBED_ROOT`` is set in
-the driver only, so the run also shows the spec's variables travelling to the other node's
-workers in the runtime environment. Every process started here is stopped by its own id.
+takes 2 CPUs (``--cpus-per-worker 2``, its worker function in the Tune trial actor), so two
+concurrent trials must span both nodes. The data is the built-in PACS spec over a fake DomainBed
+tree; ``DOMAINBED_ROOT`` is set in the driver only, so the run also shows the spec's variables
+travelling to the other node's workers in the runtime environment. Every process started here is stopped by its own id.
 """
 from __future__ import annotations
 
