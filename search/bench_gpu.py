@@ -310,7 +310,7 @@ def _markdown(sizes: Sizes, device: torch.device, command: str, machine: str,
 
 
 _INTRO = """\
-The check for a GPU machine (issue 14). It needs torch, torchvision, timm, transformers and
+The check for a GPU machine. It needs torch, torchvision, timm, transformers and
 safetensors there, plus three wheels carried with the tree (open_clip_torch, ftfy, wcwidth:
 `scripts/gpu-check.sh fetch` downloads them into `.whl/` here, under 64 MiB with the code), and
 never imports Ray, MLflow or Optuna. On the GPU machine, from the carried tree:
@@ -344,5 +344,8 @@ def write_subsection(path: Path, title: str, block: str) -> None:
     section = [SECTION, "", *_INTRO.splitlines(), ""]
     for key in (GPU_TITLE, QUICK_TITLE):
         if key in subs:
-            section += subs[key] + [""]
+            lines_of = subs[key]
+            while lines_of and not lines_of[-1].strip():
+                lines_of = lines_of[:-1]
+            section += lines_of + [""]
     path.write_text("\n".join(before + section + after).rstrip("\n") + "\n")
