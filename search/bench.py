@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         only = sorted({int(x) for x in args.only.split(",") if x.strip()})
     except ValueError:
-        p.error(f"--only {args.only!r}: give figure numbers, e.g. 1,3,5")
+        p.error(f"--only {args.only!r}: give figure numbers, e.g. 1,3,5, or one of "
+                f"{', '.join(_CHECKS)}")
     figures = _figures()
     if not only or any(n not in figures for n in only):
         p.error(f"--only {args.only!r}: figures are {sorted(figures)}")

@@ -27,6 +27,7 @@ import csv
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -233,8 +234,10 @@ def data_path(spec: Path, sizes: Sizes, device: torch.device) -> tuple[float, in
 
 # --- the check -----------------------------------------------------------------------------------
 def run(quick: bool, work: Path, write: Path | None, command: str) -> int:
-    """Run 1-3, print the Markdown block, write it into ``write``; 0, or 1 if a forbidden
-    package was imported."""
+    """Run 1-3, print the Markdown block, write it into ``write``. Each part runs even if an
+    earlier one failed (one GPU session must bring back whatever it can), and a failure is
+    written in place of its figure. Exit status 0; 1 if a part failed or a forbidden package
+    was imported; 2 without a GPU (unless ``quick``)."""
     from .bench import machine
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -246,28 +249,31 @@ def run(quick: bool, work: Path, write: Path | None, command: str) -> int:
               "run)", file=sys.stderr)
         return 2
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    spec = write_jpeg_spec(work / "data", sizes)
-    timings["data generation"] = time.perf_counter() - t0
+    failures: dict[str, str] = {}
 
-    t0 = time.perf_counter()
-    fig1, demand = throughput(sizes, device)
-    timings["1"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    supply, workers = data_path(spec, sizes, device)
-    timings["3"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fig2 = whole_trial(spec, sizes, device, work)
-    timings["2"] = time.perf_counter() - t0
+    def part(name: str, fn, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        except Exception as err:        # noqa: BLE001 - reported in the figure, run goes on
+            traceback.print_exc()
+            failures[name] = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            return None
+        finally:
+            timings[name] = time.perf_counter() - start
 
+    spec = part("data generation", write_jpeg_spec, work / "data", sizes)
+    fig1 = part("1", throughput, sizes, device)
+    fig3 = part("3", data_path, spec, sizes, device) if spec else None
+    fig2 = part("2", whole_trial, spec, sizes, device, work) if spec else None
     imported = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
-    block = _markdown(sizes, device, command, machine(), fig1, fig2, supply, demand, workers,
-                      timings, imported, quick)
+    block = _markdown(sizes, device, command, machine(), fig1, fig2, fig3, timings, failures,
+                      imported, quick)
     print(block, flush=True)
     if write is not None:
         write_subsection(write, QUICK_TITLE if quick else GPU_TITLE, block)
         print(f"wrote the {'CPU sanity run' if quick else 'GPU figures'} to {write}")
-    return 1 if imported else 0
+    return 1 if imported or failures else 0
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -276,36 +282,51 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _markdown(sizes: Sizes, device: torch.device, command: str, machine: str,
-              fig1: list[list[str]], fig2: list[list[str]], supply: float, demand: float,
-              workers: int, timings: dict[str, float], imported: list[str], quick: bool) -> str:
+              fig1: tuple[list[list[str]], float] | None, fig2: list[list[str]] | None,
+              fig3: tuple[float, int] | None, timings: dict[str, float],
+              failures: dict[str, str], imported: list[str], quick: bool) -> str:
     title = QUICK_TITLE if quick else GPU_TITLE
     out = [title, "", f"Command: `{command}`  ", f"Machine: {machine}  ",
            f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", ""]
     if quick:
         out += ["CPU, micro CLIP, tiny sizes: shows that the check runs; these are not GPU "
                 "figures and say nothing about GPU speed.", ""]
+    if "data generation" in failures:
+        out += [f"Generating the JPEGs **failed** ({failures['data generation']}): parts 2 and "
+                "3 did not run.", ""]
     out += [f"**1. Training throughput**, {sizes.model}, random init, "
             f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, batch {sizes.batch}, FT "
             f"(image tower + head), best of {sizes.rounds} alternating round(s) of "
             f"{sizes.warmup} warm-up + {sizes.timed} timed steps:", ""]
-    out += _table(["loop", "torch.compile", "ms/step", "images/s", "MFU"], fig1)
+    if fig1:
+        out += _table(["loop", "torch.compile", "ms/step", "images/s", "MFU"], fig1[0])
+    elif "1" in failures:
+        out += [f"**failed**: {failures['1']}", ""]
     out += [f"**2. One whole `flyp` trial** (`search.trial.run_worker`, no Ray), "
             f"{sizes.model}, batch {sizes.batch}, {sizes.classes} classes × "
             f"{sizes.train_per_class} generated {sizes.image_px} px JPEGs, "
             f"{sizes.eval_per_class} per class in ID val/test, OOD and zero-shot, 11-point α "
             "grid:", ""]
-    out += _table(["part", "s", "share"], fig2)
-    ratio = supply / demand if demand else float("nan")
-    out += [f"**3. Data path**: {supply:.0f} images/s decoded and transformed "
-            f"({workers} DataLoader workers = CPUs, {sizes.image_px} px JPEGs, the model's train "
-            f"transform) against the training step's {demand:.0f} images/s (1, ours, eager): "
-            f"supply / demand = **{ratio:.2f}** "
-            f"({'keeps up' if ratio >= 1 else 'the step would wait for data'}).", ""]
+    if fig2:
+        out += _table(["part", "s", "share"], fig2)
+    elif "2" in failures:
+        out += [f"**failed**: {failures['2']}", ""]
+    if fig3:
+        supply, workers = fig3
+        demand = fig1[1] if fig1 else None
+        verdict = (f"against the training step's {demand:.0f} images/s (1, ours, eager): "
+                   f"supply / demand = **{supply / demand:.2f}** "
+                   f"({'keeps up' if supply >= demand else 'the step would wait for data'})"
+                   if demand else "(no demand figure: part 1 failed)")
+        out += [f"**3. Data path**: {supply:.0f} images/s decoded and transformed ({workers} "
+                f"DataLoader workers = CPUs, {sizes.image_px} px JPEGs, the model's train "
+                f"transform) {verdict}.", ""]
+    elif "3" in failures:
+        out += [f"**3. Data path** **failed**: {failures['3']}", ""]
     out.append("Imports: " + ("no Ray, MLflow or Optuna module was imported." if not imported
                               else f"**forbidden modules imported: {', '.join(imported[:5])}**"))
     out.append("Check time: " + ", ".join(
-        f"{k if k.isalpha() or ' ' in k else 'part ' + k} {v:.0f} s" for k, v in timings.items())
-        + ".")
+        f"{k if not k.isdigit() else 'part ' + k} {v:.0f} s" for k, v in timings.items()) + ".")
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -86,3 +86,23 @@ def test_write_subsection_keeps_the_other_run(tmp_path):
     assert "gpu figures" in text and "quick two" in text and "quick one" not in text
     assert "Not measured" not in text
     assert text.index(GPU_TITLE) < text.index(QUICK_TITLE)
+
+
+def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    """On the GPU machine one failing part (say, too little shared memory for the DataLoader
+    workers) must not lose the other figures: it is written as failed, and the exit status is 1."""
+    import search.bench_gpu as bg
+
+    def broken(*args):
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Bus error")
+
+    monkeypatch.setattr(bg, "write_jpeg_spec", lambda root, sizes: root / "spec.yaml")
+    monkeypatch.setattr(bg, "throughput", lambda sizes, device: ([["ours", "no", "1.0", "2",
+                                                                   "n/a"]], 50.0))
+    monkeypatch.setattr(bg, "data_path", broken)
+    monkeypatch.setattr(bg, "whole_trial", lambda *a: [["training", "1.0", "100 %"]])
+    out = tmp_path / "B.md"
+    assert bg.run(True, tmp_path, out, "cmd") == 1
+    text = out.read_text()
+    assert "**3. Data path** **failed**: RuntimeError: DataLoader worker" in text
+    assert "| ours | no | 1.0 | 2 | n/a |" in text and "| training | 1.0 | 100 % |" in text
