@@ -1,6 +1,7 @@
 """ARF's anchor sets, prepared offline and cached: captions and retrieved (image, text) pairs.
 
-ARF (seeds/arf-…, §4.2) regularises fine-tuning with two sets of image-text pairs:
+ARF (Han et al., CVPR 2024, §4.2; docs/methods.md#arf) regularises fine-tuning with two sets of
+image-text pairs:
 
 - ``captions``: every ID training image with a caption from a pretrained captioner (the paper:
   BLIP-2; here any ``transformers`` image-to-text model, see :mod:`search.captioning`, or

@@ -1,7 +1,7 @@
 """Captions for ARF's text-compensated anchors from a ``transformers`` image-to-text model.
 
-ARF (seeds/arf-…, §4.2.1) captions every training image once with a pretrained captioner (BLIP-2
-in the paper) and uses (image, caption) as extra contrastive pairs. Any model that
+ARF (Han et al., CVPR 2024, §4.2.1) captions every training image once with a pretrained
+captioner (BLIP-2 in the paper) and uses (image, caption) as extra contrastive pairs. Any model that
 ``AutoModelForImageTextToText`` loads works: BLIP, BLIP-2, GIT, a ``VisionEncoderDecoderModel``
 (ViT-GPT2, …), given by hub id (from the local Hugging Face cache when offline) or a local folder.
 Inputs come from the model's ``AutoProcessor``; when the folder has no joint processor (a

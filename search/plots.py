@@ -1,4 +1,4 @@
-"""ID–OOD frontier plots (as in the seeds' FLYP Fig. 2 / ARF Fig. 4): PNGs via matplotlib's Agg.
+"""ID–OOD frontier plots (as in FLYP's Fig. 2 / ARF's Fig. 4): PNGs via matplotlib's Agg.
 
 A WiSE curve is ``{alpha: {metric: value}}`` (metric names from :mod:`trainables.metrics`). The x
 axis is the mean OOD accuracy ``ood/avg_acc``; the y axis the ID accuracy, ``id_test/acc`` when the

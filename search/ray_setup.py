@@ -31,16 +31,17 @@ def init_ray(address: str | None, setup: StudySetup, max_concurrent: int,
 
     On a small machine every concurrent trial's reservation (``StudySetup.trial_resources``: the
     worker's CPUs for a one-worker trial, else Tune's trial actor (1 CPU) plus the Train workers)
-    must fit, or trials wait for resources forever (ENVIRONMENT.md); locally we therefore declare
-    ``max_concurrent`` times that many logical CPUs when the machine has fewer. The dashboard
-    binds to 127.0.0.1. The environment variables the data spec reads (``${IMAGENET_ROOT}``, …)
-    travel to every worker in the runtime environment. After joining,
+    must fit, or trials wait for resources forever (docs/environment.md#ray-260); locally we
+    therefore declare ``max_concurrent`` times that many logical CPUs when the machine has fewer.
+    The dashboard binds to 127.0.0.1. The environment variables the data spec reads
+    (``${IMAGENET_ROOT}``, …) travel to every worker in the runtime environment. After joining,
     :func:`check_cluster` refuses node-local storage and a sqlite ``tracking_uri`` when the
     cluster has more than one node.
     """
     from trainables.benchmarks import required_env
-    # Train V2 waits one health-check interval per report (2 s by default, ENVIRONMENT.md);
-    # polling faster costs little on a local machine and cuts per-epoch overhead.
+    # Train V2 waits one health-check interval per report (2 s by default,
+    # docs/environment.md#ray-260); polling faster costs little on a local machine and cuts
+    # per-epoch overhead.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "ROBUST_SEARCH_CACHE",
                                                    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")

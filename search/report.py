@@ -1,13 +1,13 @@
 """``python -m search.report``: every method at its paper defaults, without and with WiSE-FT.
 
-The miniature of the seeds' tables on the embedded world (or any dataset spec): rows = methods
+The miniature of the papers' tables on the embedded world (or any dataset spec): rows = methods
 (and each method + WiSE at the ID-val-selected α), columns = ID test, each domain shift and their
 mean, each zero-shot set and their mean, context accuracy; mean ± std over seeds. Runs go through
 the same code as a search trial (``search.trial.prepare`` → ``trainables.loop.train`` →
 ``search.trial.wise_evaluation``), in this process, without Ray (no search is involved).
 
 Paper defaults are for ViT-B/16 at batch 512 on ImageNet. The embedded tiny CLIP needs a larger
-step to move at all (WORLD-NOTES.md: FT's 3e-5 does nothing, 1e-3 shows the phenomenon), so every
+step to move at all (docs/world.md: FT's 3e-5 does nothing, 1e-3 shows the phenomenon), so every
 method's paper learning rate (and SWA's swa_lr) is multiplied by ONE common factor,
 ``LR_SCALE = 1e-3 / 3e-5``; loss weights, schedules and ratios stay the papers'. Nothing is tuned per
 method.
@@ -36,7 +36,8 @@ from .trial import StudySetup, prepare, wise_evaluation
 
 LR_SCALE = 1e-3 / 3e-5
 COMMON = dict(epochs=3, batch_size=128, warmup_steps=20, weight_decay=0.1, grad_clip=1.0)
-#: Paper defaults (METHODS.md), learning rates × LR_SCALE.
+#: Paper defaults (docs/methods.md#the-methods-report-paper-defaults-on-the-embedded-world),
+#: learning rates × LR_SCALE.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "zeroshot": {},
     "lp": dict(lr=1e-2, weight_decay=0.0),                       # linear probe: no paper lr

@@ -10,7 +10,7 @@ through ``bundle.tokenizer`` and ``encode_text(normalize=True)``, batched, under
 autocast on a GPU), written batch by batch into a float32 ``.npy`` opened with
 ``numpy.lib.format.open_memmap`` (so millions of rows never sit in RAM at once).
 
-ARF (seeds/arf-…, Eq. 4) retrieves, for every training image x, the candidates maximising
+ARF (Han et al., CVPR 2024, Eq. 4) retrieves, for every training image x, the candidates maximising
 ``f(x) · g(t_can)`` with the zero-shot CLIP. Features are L2-normalised, so the inner product is
 the cosine similarity and :class:`faiss.IndexFlatIP` is the exact search (the default). For
 candidate sets in the millions (CC3M: 3.3 M) two approximate indexes trade recall for speed

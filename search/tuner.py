@@ -99,7 +99,7 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
             # inside its blocking tune.report(). With a worker group,
             # TorchTrainer.fit() is still shutting the group down when Tune resets the actor;
             # reset_config() times out (TUNE_FUNCTION_THREAD_TIMEOUT_S, 2 s) and Tune fails the
-            # *next* trial ("Could not re-use actor"; seen 2026-11-23, BENCHMARKS.md figure 2).
+            # *next* trial ("Could not re-use actor"; BENCHMARKS.md figure 2).
             reuse_actors=plan.reuse_actors),
         run_config=tune.RunConfig(
             name=study_name, storage_path=str(storage_path), callbacks=callbacks,

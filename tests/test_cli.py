@@ -97,7 +97,7 @@ def test_help_documents_every_option():
         assert option in proc.stdout
 
 
-# --- bad data, weights, resources and names (issue 8) -------------------------------------------
+# --- bad data, weights, resources and names ----------------------------------------------------
 def _edit_spec(spec_path: Path, **id_edits) -> Path:
     raw = yaml.safe_load(spec_path.read_text())
     raw["id"].update(id_edits)

@@ -147,7 +147,7 @@ def group(name: str) -> str:
 
 
 HEAD = {"head.weight", "head.bias"}
-# What each method trains, from the table in METHODS.md.
+# What each method trains, from the table in docs/methods.md#the-methods.
 EXPECTED_GROUPS = {
     "zeroshot": set(),
     "lp": HEAD,
@@ -164,7 +164,7 @@ EXPECTED_GROUPS = {
 
 @pytest.mark.parametrize("name", ALL)
 def test_trained_names_are_the_wise_keys(name, micro_classifier):
-    assert name in EXPECTED_GROUPS, f"add {name!r}'s trained groups (METHODS.md) to this test"
+    assert name in EXPECTED_GROUPS, f"add {name!r}'s trained groups (docs/methods.md) to this test"
     method = make_method(name)
     names = method.trained_names(micro_classifier)
     expected = [n for n, _ in micro_classifier.named_parameters()

@@ -4,6 +4,7 @@
 integer tensors (step counters, index buffers) are copied from θ_ft. When ``keys`` is given only
 those entries are interpolated (what the method trained) and the rest is copied from θ_ft, which
 for untrained tensors equals θ_zs. α = 0 reproduces θ_zs exactly and α = 1 θ_ft exactly.
+Which tensors each method interpolates, and how α is chosen: docs/methods.md#wise-ft.
 """
 from __future__ import annotations
 

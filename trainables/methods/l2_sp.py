@@ -21,9 +21,9 @@ from .ft import FineTune
 
 @dataclass(frozen=True)
 class L2SpParams:
-    """``beta``: weight of the squared distance to θ_zs. METHODS.md searches it log-uniform in
-    1e-4 … 1; the default is that range's log-midpoint (the L2-SP paper's weights belong to its
-    ½-scaled, ImageNet-CNN setting and do not transfer)."""
+    """``beta``: weight of the squared distance to θ_zs. The project searches it log-uniform in
+    1e-4 … 1 (docs/methods.md#l2-sp); the default is that range's log-midpoint (the L2-SP
+    paper's weights belong to its ½-scaled, ImageNet-CNN setting and do not transfer)."""
 
     beta: float = 0.01
 

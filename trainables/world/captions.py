@@ -8,7 +8,7 @@ captioner (ARF uses BLIP-2): sentence-like captions that sometimes get an attrib
 
 Prompt templates used to build zero-shot heads live here too. The ID templates use no style word
 other than "photo" (the ID style): pairing photo images with "a sketch of a ..." during
-fine-tuning (FLYP) destroyed style recognition in the feasibility run (WORLD-NOTES).
+fine-tuning (FLYP) destroyed style recognition in the feasibility run (docs/world.md).
 """
 from __future__ import annotations
 
