@@ -5,6 +5,8 @@ Two ways to run a trial's worker function (:func:`search.trial.train_worker`):
 - ``actor``: directly in Tune's trial actor, which the next trial reuses. For one-worker CPU
   trials this is measured and worth it: torch and open_clip are imported once per study, not
   once per trial (BENCHMARKS.md, figure 2: framework time per trial 55.9 s -> 10.9 s).
+  (Train's own local mode, ``num_workers=0``, is no way round a worker group: inside a Tune
+  trial Ray 2.60 refuses ``ray.train.report``/``get_context`` there.)
 - ``worker-group``: the trial actor builds a Ray Train ``TorchTrainer`` worker group and calls
   ``fit()`` (Ray 2.60's Train-in-Tune pattern). Required for DDP (several workers), and the
   default for every trial that uses a GPU: Ray Train then owns the GPU placement, the

@@ -1,10 +1,9 @@
 """One trial: the worker function, and the shared set-up it and the driver use.
 
 Per worker: build the model from the zero-shot classifier θ_zs, run the one training loop
-(``trainables.loop.train``; under a Train worker group with Ray's ``prepare_model``/
-``prepare_data_loader``), report ID-val
-accuracy and a checkpoint after every epoch (what ASHA prunes on and what a restarted worker resumes
-from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
+(``trainables.loop.train``; in a Train worker group with Ray's ``prepare_model``/
+``prepare_data_loader``), report ID-val accuracy and a checkpoint after every epoch (what ASHA
+prunes on and what a restarted worker resumes from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
 (OOD, zero-shot, context) at α = 1, at the selected α and along the curve, and report the final
 result with a checkpoint of θ_ft (what model soups average). :func:`run_worker` does this
 through a :class:`WorkerSession`; only :func:`train_worker` (Ray's entry point) imports Ray.
