@@ -1,6 +1,7 @@
 """``python -m search.bench``: the project's performance figures, each a ratio measured in one run.
 
     python -m search.bench [--quick] [--only 1,3,5] [--write BENCHMARKS.md]
+    python -m search.bench [--quick] --only gpu [--write BENCHMARKS.md]   # search/bench_gpu.py
 
 1. training-step throughput of ``trainables.loop.train`` against a bare PyTorch loop;
 2. per-trial framework overhead of a search, and the whole search's wall time over trial compute;
@@ -158,16 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="micro CLIP on the tiny test spec (a smoke test; skips 6)")
-    p.add_argument("--only", default="1,2,3,4,5,6", help="figures to run, e.g. 1,3,5")
+    p.add_argument("--only", default="1,2,3,4,5,6",
+                   help="figures to run, e.g. 1,3,5; or one named check: gpu")
     p.add_argument("--write", type=Path, default=None,
                    help="Markdown file whose '## Performance (search.bench)' section is updated")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder (default: a temporary folder, removed at the end)")
     args = p.parse_args(argv)
+    if args.only.strip() in _CHECKS:        # a named check, run on its own
+        return _run_check(args.only.strip(), args, argv)
     try:
         only = sorted({int(x) for x in args.only.split(",") if x.strip()})
     except ValueError:
-        p.error(f"--only {args.only!r}: give figure numbers, e.g. 1,3,5")
+        p.error(f"--only {args.only!r}: give figure numbers, e.g. 1,3,5, or one of "
+                f"{', '.join(_CHECKS)}")
     figures = _figures()
     if not only or any(n not in figures for n in only):
         p.error(f"--only {args.only!r}: figures are {sorted(figures)}")
@@ -199,6 +204,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         print(f"wrote {len(blocks)} figure(s) to {args.write}")
     return 0
+
+
+#: Named checks (``--only NAME``), each in its own module with ``run(quick, work, write,
+#: command) -> exit status``. ``gpu``: search/bench_gpu.py (imports no Ray, MLflow or Optuna).
+_CHECKS = {"gpu": "search.bench_gpu"}
+
+
+def _run_check(name: str, args: argparse.Namespace, argv: list[str]) -> int:
+    import importlib
+    import logging
+    logging.basicConfig(level=logging.WARNING)
+    module = importlib.import_module(_CHECKS[name])
+    tmp = None if args.work else tempfile.TemporaryDirectory(prefix=f"search-bench-{name}-")
+    work = (args.work or Path(tmp.name)).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return module.run(args.quick, work, args.write, "python -m search.bench " + shlex.join(argv))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
 
 
 _INTRO = ("Measured by `python -m search.bench` (each figure is a ratio taken within one run; "

@@ -54,6 +54,7 @@ class ThroughputCase:
     rounds: int
     warmup: int             # untimed steps per loop and round (fresh optimizer each round)
     timed: int
+    compile: bool = False   # torch.compile: the loop's TrainConfig.compile, the bare model
 
 
 def _sync(device: torch.device) -> None:
@@ -69,11 +70,15 @@ class _StartTimer(nn.Module):
         self.inner, self.warmup, self.device = inner, warmup, device
         self.calls, self.start = 0, 0.0
 
-    def forward(self, batch):
+    @torch.compiler.disable    # outside the compiled step: no graph guard on the step count
+    def _tick(self) -> None:
         if self.calls == self.warmup:
             _sync(self.device)
             self.start = time.perf_counter()
         self.calls += 1
+
+    def forward(self, batch):
+        self._tick()
         return self.inner(batch)
 
 
@@ -83,7 +88,7 @@ def _ours(model, method, ctx, dataset: Dataset, case: ThroughputCase) -> float:
     from trainables.loop import train
     device = torch.device(case.device)
     cfg = TrainConfig(lr=1e-5, weight_decay=0.1, epochs=1, batch_size=case.batch, warmup_steps=0,
-                      grad_clip=1.0, precision="auto",
+                      grad_clip=1.0, precision="auto", compile=case.compile,
                       max_steps_per_epoch=case.warmup + case.timed)
     timer: list[_StartTimer] = []
     end: list[float] = []
@@ -109,10 +114,12 @@ def _bare(model: nn.Module, trains: Callable[[str], bool], dataset: Dataset,
     for name, p in model.named_parameters():
         p.requires_grad_(trains(name))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1,   # fused on CUDA, as the loop
+                            fused=True if device.type == "cuda" else None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=case.warmup + case.timed)
     loader = DataLoader(dataset, batch_size=case.batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
+    forward = torch.compile(model) if case.compile else model
     start = 0.0
     for step, (x, y) in enumerate(loader):
         x, y = x.to(device), y.to(device)
@@ -120,7 +127,7 @@ def _bare(model: nn.Module, trains: Callable[[str], bool], dataset: Dataset,
             _sync(device)
             start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16"):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(forward(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -65,10 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-trial", type=int, default=1,
                    help="Ray Train workers (DDP processes) per trial; batch_size is per worker, "
                         "so the global batch is workers x batch_size (default 1)")
-    p.add_argument("--worker-group", action="store_true",
-                   help="start a Ray Train worker group even for one-worker trials (a fresh "
-                        "process per trial, 20-60 s start-up each on a small machine); by default "
-                        "a one-worker trial trains inside its reused Tune trial actor")
+    p.add_argument("--trial-runner", choices=["auto", "actor", "worker-group"], default="auto",
+                   help="where a trial trains: 'worker-group' = a Ray Train TorchTrainer worker "
+                        "group (a fresh process per trial, 20-60 s start-up each on a small "
+                        "machine); 'actor' = directly in the reused Tune trial actor (one worker "
+                        "only); 'auto' (default) = the actor for a one-worker CPU trial, a worker "
+                        "group for every trial with a GPU or several workers")
+    p.add_argument("--worker-group", dest="trial_runner", action="store_const",
+                   const="worker-group", help="same as --trial-runner worker-group")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs per Train worker (bf16 autocast on CUDA); fractions such as 0.25 "
                         "pack small models onto one GPU (default 0: CPU)")
@@ -95,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the study in --output after a crash or kill")
     p.add_argument("--max-failures", type=int, default=0,
-                   help="times a failed trial's training is retried from its last checkpoint")
+                   help="times a failed trial's training is retried from its last checkpoint "
+                        "(by Tune; with a worker group also by Train for a crashed worker, so a "
+                        "trial that always fails runs up to (N+1)^2 times)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the space: a parameter (lr=1e-4 fixes it; "
                         "lr='{loguniform: [1e-5, 1e-3]}' re-ranges it) or a setting "

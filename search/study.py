@@ -135,8 +135,12 @@ class Study:
             wise_evaluations=space.wise.evaluations if space else 6,
             workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
             cpus_per_worker=cpus, max_failures=args.max_failures,
-            worker_group=args.worker_group,
+            trial_runner=args.trial_runner,
             torch_threads=max(1, int(cpus)), base_params=base)
+        try:
+            setup.plan                          # e.g. --trial-runner actor with 2 workers
+        except ValueError as err:
+            raise StudyError(str(err)) from None
         data = _with_anchors(setup, method_cls, output)
         setup = replace(setup, data=str(data))
         parts = prepare(setup, {}, "cpu")       # checks weights/architecture/data together

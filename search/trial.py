@@ -1,27 +1,31 @@
-"""One trial: the Ray Train worker function, and the shared set-up it and the driver use.
+"""One trial: the worker function, and the shared set-up it and the driver use.
 
 Per worker: build the model from the zero-shot classifier θ_zs, run the one training loop
-(``trainables.loop.train``) with Ray's ``prepare_model``/``prepare_data_loader``, report ID-val
-accuracy and a checkpoint after every epoch (what ASHA prunes on and what a restarted worker resumes
-from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
+(``trainables.loop.train``; in a Train worker group with Ray's ``prepare_model``/
+``prepare_data_loader``), report ID-val accuracy and a checkpoint after every epoch (what ASHA
+prunes on and what a restarted worker resumes from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
 (OOD, zero-shot, context) at α = 1, at the selected α and along the curve, and report the final
-result with a checkpoint of θ_ft (what model soups average).
+result with a checkpoint of θ_ft (what model soups average). :func:`run_worker` does this
+through a :class:`WorkerSession`; only :func:`train_worker` (Ray's entry point) imports Ray.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ContextManager, Iterator, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from trainables import metrics as M
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrainConfig, split_config
 from trainables.data import TaskData, build_task_data
+from trainables.device import loader_workers
 from trainables.spec import load_spec
 from trainables.evaluate import SELECTION, Evaluator
 from trainables.heads import build_classifier
@@ -30,6 +34,7 @@ from trainables.models import ClipBundle, create_clip, logit_scale
 from trainables.wise import interpolate
 
 from . import faults
+from .plan import TrialPlan, plan_trial
 from .selection import select_alpha
 
 OBJECTIVE = "objective"      # what Tune, Optuna and ASHA maximise: ID-val accuracy
@@ -55,30 +60,27 @@ class StudySetup:
     keep_checkpoints: int = 1
     eval_batch_size: int = 256
     torch_threads: int = 0
-    worker_group: bool = False
+    trial_runner: str = "auto"   # auto | actor | worker-group (search.plan)
     base_params: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def in_trial_process(self) -> bool:
-        """Whether :func:`train_worker` runs directly in Tune's trial actor (no Ray Train).
+    def plan(self) -> TrialPlan:
+        """Where this study's trials train and what each reserves (:func:`search.plan.plan_trial`):
+        by default a one-worker CPU trial in the reused Tune trial actor, every trial with a GPU
+        or several workers in a Ray Train worker group."""
+        return plan_trial(self.trial_runner, self.workers_per_trial, self.cpus_per_worker,
+                          self.gpus_per_worker, self.max_failures)
 
-        A one-worker trial gains nothing from a Train worker group, and starting one per trial
-        (Train's controller, synchronisation and placement-group actors and the worker, each a
-        fresh process importing Ray and torch) cost 20-60 s per trial on the 2-core machine
-        (BENCHMARKS.md, figure 2). In the trial actor, reused by the next trial, torch and
-        open_clip are imported once per actor. (Train's own local mode, ``num_workers=0``, is no
-        way round: inside a Tune trial Ray 2.60 refuses ``ray.train.report``/``get_context``.)
-        ``worker_group=True`` (``--worker-group``) keeps Train for one-worker trials too."""
-        return self.workers_per_trial == 1 and not self.worker_group
+    @property
+    def in_trial_process(self) -> bool:
+        """Whether :func:`train_worker` runs directly in Tune's trial actor (no Ray Train)."""
+        return self.plan.in_actor
 
     @property
     def trial_resources(self) -> dict[str, float]:
         """What one trial reserves in all: the worker's CPUs/GPUs when it runs in the trial
         actor, else 1 CPU for the actor plus every Train worker's CPUs/GPUs."""
-        if self.in_trial_process:
-            return {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker}
-        return {"CPU": self.workers_per_trial * self.cpus_per_worker + 1,
-                "GPU": self.workers_per_trial * self.gpus_per_worker}
+        return dict(self.plan.total)
 
 
 @dataclass
@@ -120,7 +122,8 @@ def prepare(setup: StudySetup, params: dict[str, Any], device: torch.device | st
                         device=device, zs_logit_scale=float(logit_scale(bundle.clip).detach()),
                         reference=reference)
     evaluator = Evaluator(data, bundle.tokenizer, device, batch_size=setup.eval_batch_size,
-                          num_workers=train_cfg.num_workers)
+                          num_workers=loader_workers(train_cfg.num_workers,
+                                                     setup.cpus_per_worker, device))
     return RunParts(bundle, method, train_cfg, model, theta_zs, ctx, data, evaluator)
 
 
@@ -163,29 +166,64 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
     return out
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """One trial's worker: train, report per epoch, then WiSE-select and report. Runs as Ray
-    Train's per-worker function (a worker group), or directly in the Tune trial actor
-    (``StudySetup.in_trial_process``); ``loop_config`` = params, setup, run_name."""
-    import ray.train
-    import ray.train.torch
-    import ray.tune
+class WorkerSession(Protocol):
+    """Where a trial's worker reports and what distributes it: Ray Tune's or Train's session
+    (:class:`search.ray_session.RaySession`), or :class:`LocalSession` (no Ray)."""
 
+    rank: int
+    device: torch.device
+
+    def checkpoint_dir(self) -> ContextManager[str | None]: ...
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None: ...
+
+    def wrap_module(self, module: nn.Module) -> nn.Module: ...
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader: ...
+
+
+@dataclass
+class LocalSession:
+    """A trial in this process without Ray (``search.bench_gpu``, tests): reports are kept in
+    ``reports``, checkpoints are written (that is part of a trial's cost) and dropped, and a
+    trial starts fresh."""
+
+    device: torch.device
+    rank: int = 0
+    reports: list[dict[str, float]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self) -> Iterator[str | None]:
+        yield None
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
+        self.reports.append(dict(metrics))
+
+    def wrap_module(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        return loader
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """One trial's worker under Ray: Ray Train's per-worker function (a worker group), or run
+    directly in the Tune trial actor (``StudySetup.in_trial_process``); ``loop_config`` =
+    params, setup, run_name. Ray is imported here only, never by :func:`run_worker`."""
+    from .ray_session import RaySession
+
+    setup = StudySetup(**loop_config["setup"])
+    if setup.torch_threads:
+        torch.set_num_threads(setup.torch_threads)
+    run_worker(loop_config, RaySession(setup.in_trial_process, setup.gpus_per_worker))
+
+
+def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
+    """Train, report per epoch, then WiSE-select and report, through ``session``."""
     from trainables.loop import train
 
     setup = StudySetup(**loop_config["setup"])
-    # In the Tune trial actor (one-worker trials) the reports and checkpoints go to Tune's
-    # session, which stores the checkpoints and hands the last one back on a restart; in a Train
-    # worker group, to Train's. Ray sets CUDA_VISIBLE_DEVICES to the GPU(s) it gave the actor.
-    in_actor = setup.in_trial_process
-    session = ray.tune if in_actor else ray.train
-    if setup.torch_threads:
-        torch.set_num_threads(setup.torch_threads)
-    rank = 0 if in_actor else ray.train.get_context().get_world_rank()
-    if in_actor:
-        device = torch.device("cuda", 0) if setup.gpus_per_worker > 0 else torch.device("cpu")
-    else:
-        device = ray.train.torch.get_device()
+    rank, device = session.rank, session.device
     start = time.perf_counter()
     parts = prepare(setup, loop_config["params"], device)
     setup_s = {"time/setup_s": time.perf_counter() - start}   # model + data; on the first report
@@ -195,11 +233,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                   "classes": list(parts.data.spec.classes), "params": loop_config["params"]}
 
     resume = None
-    checkpoint = session.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
+    with session.checkpoint_dir() as ckpt_dir:
+        if ckpt_dir is not None:
             state, _, resume = load_checkpoint(ckpt_dir, device)
-        parts.model.load_state_dict(state)
+            parts.model.load_state_dict(state)
 
     def report(metrics: dict[str, float], state: dict[str, torch.Tensor] | None,
                loop_state=None) -> None:
@@ -210,7 +247,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(tmp, state, run_config, loop_state)
-            session.report(metrics, checkpoint=session.Checkpoint.from_directory(tmp))
+            session.report(metrics, tmp)
 
     def on_epoch_end(epoch_report, snapshot) -> None:
         metrics = {M.EPOCH: epoch_report.epoch, M.TRAIN_LOSS: epoch_report.train_loss,
@@ -230,8 +267,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         from trainables.loop import default_loader
         # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute. One
         # process needs no sharding, and the loop moves each batch to the device itself.
-        loader = default_loader(*args, **kwargs, pin_memory=device.type == "cuda")
-        return loader if in_actor else ray.train.torch.prepare_data_loader(loader)
+        return session.prepare_loader(default_loader(*args, **kwargs,
+                                                     pin_memory=device.type == "cuda"))
 
     reports = []
     if not parts.method.trains_nothing and (resume is None or resume.stage_index <
@@ -239,7 +276,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         reports = train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg,
                         device=device, eval_transform=parts.bundle.preprocess_val,
                         on_epoch_end=on_epoch_end, resume=resume, make_loader=make_loader,
-                        wrap_module=(lambda m: m) if in_actor else ray.train.torch.prepare_model)
+                        wrap_module=session.wrap_module)
     final: dict[str, float] = {M.EPOCH: (reports[-1].epoch if reports else
                                          (resume.global_epoch if resume else 0)) + 1}
     theta_ft = parts.method.final_state_dict(parts.model)

@@ -1,11 +1,13 @@
 """The Tune wiring, in one place.
 
-Each Tune trial runs :func:`run_trial`, a function trainable. A trial with several workers (DDP)
-or ``--worker-group`` builds a ``TorchTrainer`` over :func:`search.trial.train_worker` and calls
-``fit()`` (Ray 2.60's Train-in-Tune pattern): ``TuneReportCallback`` forwards the workers'
-reports (metrics + checkpoint path) to Tune. A one-worker trial runs the same worker function in
-the trial actor as a plain Tune function trainable, reporting to Tune's session, and the actor
-is reused by the next trial (BENCHMARKS.md, figure 2: 20-60 s less per trial here). OptunaSearch
+Each Tune trial runs :func:`run_trial`, a function trainable, as its plan says
+(:func:`search.plan.plan_trial`). A trial with a GPU or several workers (DDP), or any trial with
+``--trial-runner worker-group``, builds a ``TorchTrainer`` over :func:`search.trial.train_worker`
+and calls ``fit()`` (Ray 2.60's Train-in-Tune pattern): ``TuneReportCallback`` forwards the
+workers' reports (metrics + checkpoint path) to Tune. A one-worker CPU trial runs the same worker
+function in the trial actor as a plain Tune function trainable, reporting to Tune's session, and
+the actor is reused by the next trial (BENCHMARKS.md, figure 2: 20-60 s less per trial here).
+OptunaSearch
 (TPE or random, seeded, named study) proposes the configurations; ASHA prunes on the per-epoch
 ID-val objective.
 """
@@ -25,13 +27,14 @@ from .trial import OBJECTIVE, StudySetup, setup_dict, train_worker
 
 
 def run_trial(config: dict[str, Any], setup: StudySetup) -> None:
-    """Tune function trainable: one trial. A one-worker trial runs :func:`train_worker` right
-    here, in the (reused) trial actor, on the resources Tune reserved for it; otherwise one
+    """Tune function trainable: one trial. Planned in the actor, it runs :func:`train_worker`
+    right here, in the (reused) trial actor, on the resources Tune reserved for it; otherwise one
     ``TorchTrainer.fit()`` per trial, its Train run named by the trial id."""
     trial_id = tune.get_context().get_trial_id()
     loop_config = {"params": dict(config), "setup": setup_dict(setup),
                    "run_name": f"train-{trial_id}"}   # deterministic: a restarted trial resumes
-    if setup.in_trial_process:
+    plan = setup.plan
+    if plan.in_actor:
         train_worker(loop_config)
         return
 
@@ -39,21 +42,18 @@ def run_trial(config: dict[str, Any], setup: StudySetup) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    use_gpu = setup.gpus_per_worker > 0
-    resources = {"CPU": setup.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = setup.gpus_per_worker
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=setup.workers_per_trial,
-                                               use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                               resources_per_worker=plan.worker_resources),
         run_config=ray.train.RunConfig(
             name=loop_config["run_name"],
             storage_path=str(Path(setup.storage_path) / "train"),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=setup.max_failures)),
+            # a crashed worker is restarted by Train, within this trial driver
+            failure_config=ray.train.FailureConfig(max_failures=plan.train_max_failures)),
     )
     trainer.fit()
 
@@ -83,6 +83,7 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
     """A Tuner over :func:`run_trial`; results and trial checkpoints live under storage_path."""
     setup = replace(setup, storage_path=str(storage_path))
     trainable = make_trainable(setup)
+    plan = setup.plan
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -99,14 +100,15 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
             # TorchTrainer.fit() is still shutting the group down when Tune resets the actor;
             # reset_config() times out (TUNE_FUNCTION_THREAD_TIMEOUT_S, 2 s) and Tune fails the
             # *next* trial ("Could not re-use actor"; BENCHMARKS.md figure 2).
-            reuse_actors=setup.in_trial_process),
+            reuse_actors=plan.reuse_actors),
         run_config=tune.RunConfig(
             name=study_name, storage_path=str(storage_path), callbacks=callbacks,
-            # a failed trial restarts from its last checkpoint: in the trial actor, Tune does it;
-            # with a worker group, Train does (RunConfig.failure_config in run_trial)
-            failure_config=tune.FailureConfig(
-                max_failures=setup.max_failures if setup.in_trial_process else 0,
-                fail_fast=False),
+            # Tune restarts a failed trial in both modes: in the trial actor, from the checkpoint
+            # Tune holds; a worker group's driver (crashed, or its Train run out of retries)
+            # starts the same-named Train run again, which resumes from Train's checkpoint. So a
+            # trial that always fails runs up to (N + 1)^2 times with a group (search.plan).
+            failure_config=tune.FailureConfig(max_failures=plan.tune_max_failures,
+                                              fail_fast=False),
             # Tune holds the checkpoints only of trials that train in the trial actor
             checkpoint_config=tune.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
             verbose=1),
@@ -124,10 +126,8 @@ def restore_tuner(setup: StudySetup, study_name: str, storage_path: Path) -> tun
 
 
 def make_trainable(setup: StudySetup):
-    """:func:`run_trial` with the study's setup and the trial actor's resources: the whole
-    ``setup.trial_resources`` when training runs in the actor; else Tune's default 1 CPU, the
-    workers reserving theirs through Train."""
-    resources = {"cpu": 1.0}
-    if setup.in_trial_process:
-        resources = {k.lower(): v for k, v in setup.trial_resources.items() if v}
-    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+    """:func:`run_trial` with the study's setup and the trial actor's resources
+    (``setup.plan.actor_resources``): the worker's CPUs/GPUs when training runs in the actor;
+    else 1 CPU, the workers reserving theirs through Train."""
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                               setup.plan.actor_resources)

@@ -90,6 +90,7 @@ def test_help_documents_every_option():
     assert proc.returncode == 0
     for option in ("--method", "--space", "--data", "--model", "--pretrained", "--num-samples",
                    "--max-concurrent-trials", "--workers-per-trial", "--worker-group",
+                   "--trial-runner",
                    "--gpus-per-worker",
                    "--address", "--output", "--tracking-uri", "--experiment", "--seed",
                    "--resume", "--set"):

@@ -73,7 +73,7 @@ def test_max_concurrent_is_derived_from_resources():
     assert one.in_trial_process and one.trial_resources == {"CPU": 2, "GPU": 0}
     assert derive_max_concurrent(one, cpus=8, gpus=0) == 4
     group = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
-                       cpus_per_worker=2, worker_group=True)
+                       cpus_per_worker=2, trial_runner="worker-group")
     assert not group.in_trial_process and group.trial_resources == {"CPU": 3, "GPU": 0}
     assert derive_max_concurrent(group, cpus=8, gpus=0) == 2
     assert not setup.in_trial_process                                # 2 workers: a group

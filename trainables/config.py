@@ -36,10 +36,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     seed: int = 0
-    num_workers: int = 0          # DataLoader workers per Train worker
+    num_workers: int = -1         # DataLoader workers per Train worker; -1: 0 on CPU, on CUDA
+                                  # the worker's CPUs - 1 (trainables.device.loader_workers)
     precision: str = "auto"       # auto | fp32 | bf16
     grad_checkpointing: bool = False
     max_steps_per_epoch: int = 0  # 0 = full epoch; >0 caps steps (smoke tests)
+    compile: bool = False         # torch.compile the training step (off: not measured faster
+                                  # yet; BENCHMARKS.md "GPU check"); compile time is per trial
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -48,6 +51,8 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
+        if self.num_workers < -1:
+            raise ConfigError(f"num_workers must be >= 0 (or -1: auto), got {self.num_workers}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 

@@ -3,7 +3,9 @@
 AdamW, linear warm-up then cosine decay (torch's schedulers), global grad-norm clipping, bf16
 autocast on CUDA, optional cached image features for stages whose image tower is frozen (LP), and
 anchor batches drawn beside each task batch (ARF). The frozen reference model lives in the
-method's context (eval mode, no grad) and never in the optimizer.
+method's context (eval mode, no grad) and never in the optimizer. On CUDA: fused AdamW, TF32
+matmuls, DataLoader workers (``trainables.device``); ``TrainConfig.compile`` compiles the step
+(``torch.compile``). CPU runs are unchanged by any of these.
 
 Distribution is injected, not imported: ``wrap_module`` (e.g. ``ray.train.torch.prepare_model``)
 wraps the per-step module, which is what DDP must see, and ``make_loader`` (e.g. with
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .config import TrainConfig
 from .data import LabeledImages, TaskData, pair_collate
+from .device import configure_cuda, loader_workers, prefetch_factor
 from .methods.base import Batch, Method, MethodContext
 
 log = logging.getLogger(__name__)
@@ -72,12 +75,14 @@ class _StepModule(nn.Module):
 def default_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int,
                    collate_fn: Callable | None = None, num_workers: int = 0,
                    pin_memory: bool = False) -> DataLoader:
-    """A single-process loader; shuffling is seeded so runs are reproducible."""
+    """A loader for one training process; shuffling is seeded so runs are reproducible. With
+    ``num_workers`` > 0 each worker keeps :func:`~trainables.device.prefetch_factor` batches
+    ready, and the workers persist across epochs."""
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
                       drop_last=shuffle and len(dataset) > batch_size, collate_fn=collate_fn,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
-                      pin_memory=pin_memory)
+                      prefetch_factor=prefetch_factor(num_workers), pin_memory=pin_memory)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
@@ -132,6 +137,9 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
     loss raises :class:`NonFiniteLossError`.
     """
     device = torch.device(device)
+    configure_cuda(device)
+    # -1 (auto): sized from this process's CPUs, which a trial sets as torch's thread count
+    workers = loader_workers(cfg.num_workers, torch.get_num_threads(), device)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     method.setup(model, ctx)
@@ -141,7 +149,7 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
     reports: list[EpochReport] = []
     global_epoch = resume.global_epoch
     anchor_iters = {name: _cycle(make_loader(ds, cfg.batch_size, True, cfg.seed + 7,
-                                             pair_collate(ctx.tokenizer), cfg.num_workers))
+                                             pair_collate(ctx.tokenizer), workers))
                     for name, ds in data.anchors.items() if name in method.anchor_sets}
     missing = [a for a in method.anchor_sets if a not in anchor_iters]
     if missing:
@@ -161,13 +169,16 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
                                                     eval_transform or data.val.transform, device)
         else:
             dataset = data.train
-        loader = make_loader(dataset, cfg.batch_size, True, cfg.seed, None, cfg.num_workers)
+        loader = make_loader(dataset, cfg.batch_size, True, cfg.seed, None,
+                             0 if stage.cache_features else workers)   # features: in memory
         steps_per_epoch = len(loader)
         if cfg.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+        # fused: one CUDA kernel for the whole update instead of several per parameter group
         optimizer = torch.optim.AdamW(params, lr=stage.lr or cfg.lr,
                                       weight_decay=cfg.weight_decay if stage.weight_decay is None
-                                      else stage.weight_decay)
+                                      else stage.weight_decay,
+                                      fused=True if device.type == "cuda" else None)
         scheduler = method.lr_scheduler(optimizer, stage, steps_per_epoch, cosine_with_warmup(
             optimizer, cfg.warmup_steps, steps_per_epoch * epochs))
         first_epoch = 0
@@ -176,6 +187,8 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
             scheduler.load_state_dict(resume.scheduler)
             first_epoch = resume.epoch_in_stage
         step_module = wrap_module(_StepModule(model, method, ctx))
+        if cfg.compile:     # after DDP's wrapper, as torch's DDP + compile notes ask
+            step_module = torch.compile(step_module)
         for epoch in range(first_epoch, epochs):
             if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
                 loader.sampler.set_epoch(epoch)
@@ -186,14 +199,15 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
                 loader.generator.manual_seed(cfg.seed * 1000 + global_epoch)
             start, total, terms_sum, steps = time.perf_counter(), 0.0, {}, 0
             for x, y in itertools.islice(loader, steps_per_epoch):
-                batch = Batch(labels=y.to(device))
+                batch = Batch(labels=y.to(device, non_blocking=True))
                 if stage.cache_features:
-                    batch.features = x.to(device)
+                    batch.features = x.to(device, non_blocking=True)
                 else:
-                    batch.images = x.to(device)
+                    batch.images = x.to(device, non_blocking=True)
                 for name, it in anchor_iters.items():
                     images, tokens = next(it)
-                    batch.anchors[name] = (images.to(device), tokens.to(device))
+                    batch.anchors[name] = (images.to(device, non_blocking=True),
+                                          tokens.to(device, non_blocking=True))
                 with _autocast(device, cfg.precision):
                     terms = step_module(batch)
                 loss = sum(terms.values())
