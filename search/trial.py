@@ -1,9 +1,9 @@
 """One trial: the Ray Train worker function, and the shared set-up it and the driver use.
 
 Per worker: build the model from the zero-shot classifier θ_zs, run the one training loop
-(``trainables.loop.train``) with Ray's ``prepare_model``/``prepare_data_loader``, report ID-val
-accuracy and a checkpoint after every epoch (what ASHA prunes on and what a restarted worker resumes
-from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
+(``trainables.loop.train``, which shards each global batch itself) with Ray's ``prepare_model``
+(DDP), report ID-val accuracy and a checkpoint after every epoch (what ASHA prunes on and what a
+restarted worker resumes from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
 (OOD, zero-shot, context) at α = 1, at the selected α and along the curve, and report the final
 result with a checkpoint of θ_ft (what model soups average).
 """
@@ -228,10 +228,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     def make_loader(*args, **kwargs):
         from trainables.loop import default_loader
-        # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute. One
-        # process needs no sharding, and the loop moves each batch to the device itself.
-        loader = default_loader(*args, **kwargs, pin_memory=device.type == "cuda")
-        return loader if in_actor else ray.train.torch.prepare_data_loader(loader)
+        # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute. The
+        # loop's sampler already gives this worker its share of each global batch (Ray's
+        # prepare_data_loader would replace it with a DistributedSampler), and the loop moves
+        # each batch to the device itself.
+        return default_loader(*args, **kwargs, pin_memory=device.type == "cuda")
 
     reports = []
     if not parts.method.trains_nothing and (resume is None or resume.stage_index <
