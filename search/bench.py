@@ -14,6 +14,10 @@ minutes, the targets are then only indicative) and skips 6; the full run uses th
 (generated world + tiny CLIP) and ViT-S-32 for 1. ``--write`` replaces each measured figure's
 subsection inside the ``## Performance (search.bench)`` section of the given Markdown file.
 Figures live in ``bench_train`` (1, 5), ``bench_wise`` (3) and ``bench_search`` (2, 4, 6).
+
+``--only ddp`` (``bench_ddp``) prints, per trainable method, how far a 2-worker DDP run strays from
+the 1-worker run at the same global batch (``METHOD max_rel_step_loss_diff=X ...``) and exits 1 if
+any X > 1e-4.
 """
 from __future__ import annotations
 
@@ -158,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="micro CLIP on the tiny test spec (a smoke test; skips 6)")
-    p.add_argument("--only", default="1,2,3,4,5,6", help="figures to run, e.g. 1,3,5")
+    p.add_argument("--only", default="1,2,3,4,5,6",
+                   help="figures to run, e.g. 1,3,5; or 'ddp': the DDP trajectory check")
     p.add_argument("--write", type=Path, default=None,
                    help="Markdown file whose '## Performance (search.bench)' section is updated")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder (default: a temporary folder, removed at the end)")
     args = p.parse_args(argv)
+    if args.only.strip() == "ddp":      # a check, not a figure: its own output and exit status
+        from . import bench_ddp
+        with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
+            return bench_ddp.main(Bench(True, Path(args.work or tmp).resolve()).data())
     try:
         only = sorted({int(x) for x in args.only.split(",") if x.strip()})
     except ValueError:
