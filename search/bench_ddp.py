@@ -66,11 +66,13 @@ class DdpComparison:
     steps_many: list[float]
     max_rel_step_loss_diff: float
     max_rel_output_diff: float
+    sharded: bool     # at every step the workers' samples were equal shares of the 1-worker batch
 
     @property
     def ok(self) -> bool:
         return (len(self.steps_one) == len(self.steps_many) and len(self.steps_one) > 0
-                and self.max_rel_step_loss_diff <= RTOL and self.max_rel_output_diff <= RTOL)
+                and self.sharded and self.max_rel_step_loss_diff <= RTOL
+                and self.max_rel_output_diff <= RTOL)
 
 
 def trainable_cases() -> list[Case]:
@@ -80,9 +82,10 @@ def trainable_cases() -> list[Case]:
 
 
 def run_case(case: Case, spec: str, wrap: Callable[[nn.Module], nn.Module]
-             ) -> tuple[list[float], list[float]]:
+             ) -> tuple[list[float], list[float], list[list[int]]]:
     """Train ``case`` with the one loop in this process's world; returns (this process's loss
-    per step, the outputs of the final weights θ_ft on a fixed probe)."""
+    per step, the outputs of the final weights θ_ft on a fixed probe, the training-set indices
+    of this process's samples at each step)."""
     from trainables.loop import train
 
     from .trial import StudySetup, prepare
@@ -95,16 +98,20 @@ def run_case(case: Case, spec: str, wrap: Callable[[nn.Module], nn.Module]
     for anchors in parts.data.anchors.values():
         anchors.transform = deterministic
     steps: list[float] = []
+    seen: list[list[int]] = []
+
+    def record(_module: nn.Module, inputs: tuple, terms: dict[str, torch.Tensor]) -> None:
+        steps.append(float(sum(t.detach() for t in terms.values())))
+        seen.append(inputs[0].sample_indices().tolist())
 
     def wrap_and_record(module: nn.Module) -> nn.Module:
         wrapped = wrap(module)
-        wrapped.register_forward_hook(
-            lambda _m, _i, terms: steps.append(float(sum(t.detach() for t in terms.values()))))
+        wrapped.register_forward_hook(record)
         return wrapped
 
     train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg,
           wrap_module=wrap_and_record)
-    return steps, probe(parts)
+    return steps, probe(parts), seen
 
 
 @torch.no_grad()
@@ -134,15 +141,28 @@ def _worker(rank: int, world_size: int, rendezvous: str, spec: str, cases: list[
                             world_size=world_size)
     try:
         for i, case in enumerate(cases):
-            steps, outputs = run_case(case, spec, DistributedDataParallel)
-            Path(out, f"{i}-rank{rank}.json").write_text(json.dumps({"steps": steps,
-                                                                      "outputs": outputs}))
+            steps, outputs, seen = run_case(case, spec, DistributedDataParallel)
+            Path(out, f"{i}-rank{rank}.json").write_text(json.dumps(
+                {"steps": steps, "outputs": outputs, "seen": seen}))
     finally:
         dist.destroy_process_group()
 
 
 def _max_rel(a: list[float], b: list[float]) -> float:
     return max((abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)), default=float("inf"))
+
+
+def _sharded(ranks: list[list[list[int]]], one: list[list[int]]) -> bool:
+    """Whether at every step the ranks saw equal, disjoint shares whose union is the one-worker
+    batch (``ranks[r][t]``: rank r's sample indices at step t)."""
+    if any(len(r) != len(one) for r in ranks):
+        return False
+    for t, batch in enumerate(one):
+        shares = [r[t] for r in ranks]
+        if (len({len(s) for s in shares}) != 1
+                or sorted(i for s in shares for i in s) != sorted(batch)):
+            return False
+    return True
 
 
 def _rel_norm(many: list[float], one: list[float]) -> float:
@@ -171,7 +191,7 @@ def compare_ddp(spec: str | Path, cases: list[Case] | None = None, workers: int 
             _worker, args=(workers, str(Path(tmp, "rendezvous")), spec, cases, tmp),
             nprocs=workers, start_method="spawn")
         out = []
-        for i, (case, (one_steps, one_outputs)) in enumerate(zip(cases, reference)):
+        for i, (case, (one_steps, one_outputs, one_seen)) in enumerate(zip(cases, reference)):
             ranks = [json.loads(Path(tmp, f"{i}-rank{r}.json").read_text())
                      for r in range(workers)]
             many = [sum(vals) / workers for vals in zip(*(r["steps"] for r in ranks))]
@@ -179,7 +199,8 @@ def compare_ddp(spec: str | Path, cases: list[Case] | None = None, workers: int 
                 many = []
             out.append(DdpComparison(
                 case.name, one_steps, many, _max_rel(many, one_steps) if many else float("inf"),
-                max(_rel_norm(r["outputs"], one_outputs) for r in ranks)))
+                max(_rel_norm(r["outputs"], one_outputs) for r in ranks),
+                _sharded([r["seen"] for r in ranks], one_seen)))
     return out
 
 

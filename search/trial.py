@@ -3,9 +3,9 @@
 Per worker: build the model from the zero-shot classifier θ_zs, run the one training loop
 (``trainables.loop.train``, which shards each global batch itself) with Ray's ``prepare_model``
 (DDP), report ID-val accuracy and a checkpoint after every epoch (what ASHA prunes on and what a
-restarted worker resumes from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
-(OOD, zero-shot, context) at α = 1, at the selected α and along the curve, and report the final
-result with a checkpoint of θ_ft (what model soups average).
+restarted worker resumes from), then on rank 0 search the WiSE mixing coefficient on ID val only,
+evaluate the report sets (OOD, zero-shot, context) at α = 1, at the selected α and along the
+curve, and report the final result with a checkpoint of θ_ft (what model soups average).
 """
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ def test_two_workers_follow_one_worker(comparisons, case):
     print(f"\n{case.name}: 1 worker {[round(x, 5) for x in result.steps_one]}\n"
           f"{'':{len(case.name)}}  2 workers {[round(x, 5) for x in result.steps_many]}")
     assert len(result.steps_one) >= 8 and len(result.steps_many) == len(result.steps_one)
+    assert result.sharded, "each worker must take its half of every one-worker batch"
     assert result.steps_many == pytest.approx(result.steps_one, rel=RTOL)
     assert result.max_rel_step_loss_diff <= RTOL
     assert result.max_rel_output_diff <= RTOL       # the weights after the last step

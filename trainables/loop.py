@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import LabeledImages, TaskData, pair_collate
 from .distributed import mean_over_workers, world
 from .methods.base import Batch, Method, MethodContext
-from .sampling import ANCHOR_STREAM, TASK_STREAM, GlobalBatchSampler
+from .sampling import ANCHOR_STREAM, GlobalBatchSampler
 
 log = logging.getLogger(__name__)
 
