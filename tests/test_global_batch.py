@@ -139,3 +139,28 @@ def test_help_readme_and_every_space_say_batch_size_is_global():
         line = next(ln for ln in path.read_text().splitlines()
                     if ln.strip().startswith("batch_size:"))
         assert "GLOBAL batch" in line, path
+
+
+# --- python -m search.bench --only ddp: its cases and its verdict --------------------------------
+def test_every_trainable_method_is_compared():
+    from search.bench_ddp import trainable_cases
+    from trainables.methods import METHODS
+
+    assert {c.method for c in trainable_cases()} == {
+        n for n, cls in METHODS.items() if not cls.trains_nothing}
+
+
+def test_bench_ddp_prints_one_line_per_method_and_fails_above_tolerance(monkeypatch, capsys):
+    import search.bench_ddp as bench_ddp
+    from search.bench_ddp import DdpComparison
+
+    good = DdpComparison("ft", [1.0, 0.9], [1.0, 0.9], 2e-7, 1e-7, True)
+    bad = DdpComparison("flyp", [1.0, 0.9], [1.0, 1.2], 0.33, 0.1, True)
+    unsharded = DdpComparison("arf", [1.0, 0.9], [1.0, 0.9], 0.0, 0.0, False)
+    for results, code in (([good], 0), ([good, bad], 1), ([unsharded], 1)):
+        monkeypatch.setattr(bench_ddp, "compare_ddp", lambda spec, r=results: r)
+        assert bench_ddp.main(Path("unused")) == code
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[:len(results)] == [
+            f"{r.case} max_rel_step_loss_diff={r.max_rel_step_loss_diff:.2e} "
+            f"max_rel_output_diff={r.max_rel_output_diff:.2e}" for r in results]
