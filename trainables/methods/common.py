@@ -21,6 +21,7 @@ from .base import Batch
 #: matches its paper whatever template list a dataset ships.
 CLASS_PROMPT = "a photo of a {}."
 
+
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                      scale: torch.Tensor | float) -> torch.Tensor:
     """CLIP's symmetric InfoNCE over the global batch's B (image, text) pairs (open_clip
