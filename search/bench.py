@@ -15,6 +15,10 @@ minutes, the targets are then only indicative) and skips 6; the full run uses th
 (generated world + tiny CLIP) and ViT-S-32 for 1. ``--write`` replaces each measured figure's
 subsection inside the ``## Performance (search.bench)`` section of the given Markdown file.
 Figures live in ``bench_train`` (1, 5), ``bench_wise`` (3) and ``bench_search`` (2, 4, 6).
+
+``--only ddp`` (``bench_ddp``) prints, per trainable method, how far a 2-worker DDP run strays from
+the 1-worker run at the same global batch (``METHOD max_rel_step_loss_diff=X ...``) and exits 1 if
+any X > 1e-4.
 """
 from __future__ import annotations
 
@@ -160,19 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="micro CLIP on the tiny test spec (a smoke test; skips 6)")
     p.add_argument("--only", default="1,2,3,4,5,6",
-                   help="figures to run, e.g. 1,3,5; or one named check: gpu")
+                   help="figures to run, e.g. 1,3,5; or one named check: 'gpu' (the GPU "
+                        "check) or 'ddp' (2 DDP workers vs 1 for every method)")
     p.add_argument("--write", type=Path, default=None,
                    help="Markdown file whose '## Performance (search.bench)' section is updated")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder (default: a temporary folder, removed at the end)")
     args = p.parse_args(argv)
+    if args.only.strip() == "ddp":      # a check, not a figure: its own output and exit status
+        from . import bench_ddp
+        with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
+            return bench_ddp.main(Bench(True, Path(args.work or tmp).resolve()).data())
     if args.only.strip() in _CHECKS:        # a named check, run on its own
         return _run_check(args.only.strip(), args, argv)
     try:
         only = sorted({int(x) for x in args.only.split(",") if x.strip()})
     except ValueError:
         p.error(f"--only {args.only!r}: give figure numbers, e.g. 1,3,5, or one of "
-                f"{', '.join(_CHECKS)}")
+                f"{', '.join([*_CHECKS, 'ddp'])}")
     figures = _figures()
     if not only or any(n not in figures for n in only):
         p.error(f"--only {args.only!r}: figures are {sorted(figures)}")

@@ -216,12 +216,14 @@ def data_path(spec: Path, sizes: Sizes, device: torch.device) -> tuple[float, in
     from trainables.data import build_task_data
     from trainables.loop import default_loader
     from trainables.models import create_clip
+    from trainables.sampling import GlobalBatchSampler
     from trainables.spec import load_spec
 
     bundle = create_clip(sizes.model, pretrained=None, device="cpu")
     data = build_task_data(load_spec(spec), bundle.preprocess_train, bundle.preprocess_val, seed=0)
     workers = os.cpu_count() or 1
-    loader = default_loader(data.train, sizes.batch, True, 0, None, workers,
+    sampler = GlobalBatchSampler(len(data.train), sizes.batch, seed=0)
+    loader = default_loader(data.train, sampler, None, workers,
                             pin_memory=device.type == "cuda")
     for _ in loader:                           # warm: workers started, files in the page cache
         pass

@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent-trials", type=int,
                    help="trials running at once (default: the space's, else 1)")
     p.add_argument("--workers-per-trial", type=int, default=1,
-                   help="Ray Train workers (DDP processes) per trial; batch_size is per worker, "
-                        "so the global batch is workers x batch_size (default 1)")
+                   help="Ray Train workers (DDP processes) per trial; batch_size is the GLOBAL "
+                        "batch, split evenly among them (each takes batch_size / workers; it "
+                        "must divide), and contrastive losses use the whole global batch "
+                        "(default 1)")
     p.add_argument("--trial-runner", choices=["auto", "actor", "worker-group"], default="auto",
                    help="where a trial trains: 'worker-group' = a Ray Train TorchTrainer worker "
                         "group (a fresh process per trial, 20-60 s start-up each on a small "

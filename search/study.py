@@ -49,6 +49,24 @@ def check_study_name(name: str) -> None:
                          "names a folder under --output/ray), e.g. --study-name ft-lr-sweep")
 
 
+def check_batch_split(space: Any, workers: int) -> None:
+    """Raise StudyError unless every ``batch_size`` the space can give (the global batch) divides
+    evenly among ``workers`` DDP workers per trial (``TrainConfig``'s default when not given)."""
+    from trainables.config import ConfigError, TrainConfig
+    from trainables.distributed import per_worker_batch
+
+    if space is None or workers == 1:
+        return
+    d = space.params.get("batch_size")
+    values = ([TrainConfig.batch_size] if d is None else [d.value] if d.kind == "constant"
+              else list(d.choices) if d.kind == "choice" else range(int(d.low), int(d.high) + 1))
+    for value in values:
+        try:
+            per_worker_batch(int(value), workers)
+        except ConfigError as err:
+            raise StudyError(f"{space.source}: {err} (--workers-per-trial {workers})") from None
+
+
 def code_version() -> str:
     """The git commit of the project (with -dirty), or the package version."""
     root = Path(__file__).resolve().parent.parent
@@ -103,6 +121,7 @@ class Study:
         if num_samples < 1 or max_conc < 1 or args.workers_per_trial < 1:
             raise StudyError("--num-samples, --max-concurrent-trials and --workers-per-trial "
                              "must be >= 1")
+        check_batch_split(space, args.workers_per_trial)
         output = args.output.expanduser().resolve()
         name = args.study_name or f"{args.method}-search"
         check_study_name(name)

@@ -1,12 +1,13 @@
 """One trial: the worker function, and the shared set-up it and the driver use.
 
 Per worker: build the model from the zero-shot classifier θ_zs, run the one training loop
-(``trainables.loop.train``; in a Train worker group with Ray's ``prepare_model``/
-``prepare_data_loader``), report ID-val accuracy and a checkpoint after every epoch (what ASHA
-prunes on and what a restarted worker resumes from), then on rank 0 search the WiSE mixing coefficient on ID val only, evaluate the report sets
-(OOD, zero-shot, context) at α = 1, at the selected α and along the curve, and report the final
-result with a checkpoint of θ_ft (what model soups average). :func:`run_worker` does this
-through a :class:`WorkerSession`; only :func:`train_worker` (Ray's entry point) imports Ray.
+(``trainables.loop.train``, which shards each global batch itself; in a Train worker group with
+Ray's ``prepare_model`` for DDP), report ID-val accuracy and a checkpoint after every epoch (what
+ASHA prunes on and what a restarted worker resumes from), then on rank 0 search the WiSE mixing
+coefficient on ID val only, evaluate the report sets (OOD, zero-shot, context) at α = 1, at the
+selected α and along the curve, and report the final result with a checkpoint of θ_ft (what model
+soups average). :func:`run_worker` does this through a :class:`WorkerSession`; only
+:func:`train_worker` (Ray's entry point) imports Ray.
 """
 from __future__ import annotations
 
@@ -265,10 +266,11 @@ def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
 
     def make_loader(*args, **kwargs):
         from trainables.loop import default_loader
-        # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute. One
-        # process needs no sharding, and the loop moves each batch to the device itself.
-        return session.prepare_loader(default_loader(*args, **kwargs,
-                                                     pin_memory=device.type == "cuda"))
+        # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute. The
+        # loop's sampler already gives this worker its share of each global batch (Ray's
+        # prepare_data_loader would replace it with a DistributedSampler), and the loop moves
+        # each batch to the device itself.
+        return default_loader(*args, **kwargs, pin_memory=device.type == "cuda")
 
     reports = []
     if not parts.method.trains_nothing and (resume is None or resume.stage_index <

@@ -69,9 +69,10 @@ def test_loop_reduces_training_loss(tiny_spec, method):
     assert after < before, f"{method}: loss {before:.4f} -> {after:.4f}"
 
 
-@pytest.mark.parametrize("method", ["ft", "lp-ft", "ce-swa"])
+@pytest.mark.parametrize("method", ["ft", "lp-ft", "ce-swa", "flyp", "arf"])
 def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_spec, tmp_path, method):
-    """Stop after every epoch boundary's checkpoint, resume in a fresh model: same weights."""
+    """Stop after every epoch boundary's checkpoint, resume in a fresh model: same weights
+    (FLYP's templates and ARF's anchor batches are drawn as in the uninterrupted run)."""
     setup = _setup(tiny_spec, method, epochs=3, lr=1e-3)
     if method == "ce-swa":
         setup = _setup(tiny_spec, method, epochs=3, lr=1e-3, swa_epochs=2)

@@ -235,7 +235,7 @@ def test_flyp_draws_one_template_per_image(micro_classifier, make_context, tiny_
     method = make_method("flyp", seed=3)
     method.setup(micro_classifier, make_context(micro_classifier, reference=False))
     labels = torch.arange(4).repeat(50)  # (200,)
-    tokens = method.prompt_tokens(labels)  # (200, L)
+    tokens = method.prompt_tokens(Batch(labels=labels))  # (200, L)
     all_tokens = method._tokens  # (K, T, L)
     drawn = set()
     for label, tok in zip(labels.tolist(), tokens):
@@ -245,7 +245,8 @@ def test_flyp_draws_one_template_per_image(micro_classifier, make_context, tiny_
     assert drawn == set(range(len(tiny_task.templates)))
     again = make_method("flyp", seed=3)
     again.setup(micro_classifier, make_context(micro_classifier, reference=False))
-    assert torch.equal(again.prompt_tokens(labels), tokens), "draws follow TrainConfig.seed"
+    assert torch.equal(again.prompt_tokens(Batch(labels=labels)), tokens), \
+        "draws follow TrainConfig.seed"
 
 
 def test_arf_without_anchor_set_fails_clearly(micro_classifier, make_context, tiny_task,

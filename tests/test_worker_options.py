@@ -12,6 +12,7 @@ import torch
 
 from search.trial import FINAL, OBJECTIVE, LocalSession, StudySetup, prepare, run_worker, setup_dict
 from trainables.loop import default_loader, train
+from trainables.sampling import GlobalBatchSampler
 
 from .tiny_data import write_tiny_spec
 
@@ -57,7 +58,8 @@ def test_compiled_step_trains_the_eager_trajectory(tiny_spec):
 def test_cpu_loader_is_unchanged(tiny_spec):
     parts = prepare(_setup(tiny_spec), {}, "cpu")
     assert parts.train_cfg.num_workers == -1 and parts.evaluator.num_workers == 0   # auto: 0
-    loader = default_loader(parts.data.train, 8, True, 0)
+    sampler = GlobalBatchSampler(len(parts.data.train), 8, seed=0)
+    loader = default_loader(parts.data.train, sampler)
     assert loader.num_workers == 0 and loader.prefetch_factor is None and not loader.pin_memory
-    workers = default_loader(parts.data.train, 8, True, 0, None, 1)
+    workers = default_loader(parts.data.train, sampler, None, 1)
     assert workers.prefetch_factor == 4 and workers.persistent_workers

@@ -7,9 +7,13 @@ method's context (eval mode, no grad) and never in the optimizer. On CUDA: fused
 matmuls, DataLoader workers (``trainables.device``); ``TrainConfig.compile`` compiles the step
 (``torch.compile``). CPU runs are unchanged by any of these.
 
-Distribution is injected, not imported: ``wrap_module`` (e.g. ``ray.train.torch.prepare_model``)
-wraps the per-step module, which is what DDP must see, and ``make_loader`` (e.g. with
-``ray.train.torch.prepare_data_loader``) shards the data. The defaults run in one process.
+Distribution: ``wrap_module`` (e.g. ``ray.train.torch.prepare_model``) wraps the per-step module,
+which is what DDP must see. ``cfg.batch_size`` is the GLOBAL batch: the loop reads this process's
+rank and world size from :func:`trainables.distributed.world` and shards the data itself with a
+:class:`~trainables.sampling.GlobalBatchSampler` (each worker takes ``batch_size / N`` samples of
+every global batch, a function of (seed, epoch)), so N workers train on exactly the batches one
+worker would, and a resumed run on the batches an uninterrupted one would. ``make_loader`` builds
+the DataLoader around that sampler. The defaults run in one process.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,7 +30,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .config import TrainConfig
 from .data import LabeledImages, TaskData, pair_collate
 from .device import configure_cuda, loader_workers, prefetch_factor
+from .distributed import mean_over_workers, world
 from .methods.base import Batch, Method, MethodContext
+from .sampling import ANCHOR_STREAM, GlobalBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +78,28 @@ class _StepModule(nn.Module):
         return self.method.loss(self.model, batch, self.ctx)
 
 
-def default_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int,
+class WithIndex(Dataset):
+    """``dataset``'s items with the sample's index appended: (..., i). The loop needs each
+    sample's index for per-sample draws that do not depend on the batch split."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple:
+        return (*self.dataset[i], i)
+
+
+def default_loader(dataset: Dataset, batch_sampler: GlobalBatchSampler,
                    collate_fn: Callable | None = None, num_workers: int = 0,
                    pin_memory: bool = False) -> DataLoader:
-    """A loader for one training process; shuffling is seeded so runs are reproducible. With
-    ``num_workers`` > 0 each worker keeps :func:`~trainables.device.prefetch_factor` batches
-    ready, and the workers persist across epochs."""
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                      drop_last=shuffle and len(dataset) > batch_size, collate_fn=collate_fn,
+    """A loader over this worker's share of each global batch (``batch_sampler`` decides which
+    samples, seeded per epoch, so runs are reproducible). With ``num_workers`` > 0 each worker
+    keeps :func:`~trainables.device.prefetch_factor` batches ready, and the workers persist
+    across epochs."""
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
                       prefetch_factor=prefetch_factor(num_workers), pin_memory=pin_memory)
 
@@ -118,11 +137,6 @@ def cache_image_features(model: nn.Module, dataset: LabeledImages, transform: Ca
     return TensorDataset(torch.cat(feats), torch.cat(labels))
 
 
-def _cycle(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
-
-
 def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
           cfg: TrainConfig, *, device: torch.device | str = "cpu",
           eval_transform: Callable | None = None,
@@ -148,10 +162,8 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
         method.load_extra_state(resume.method)
     reports: list[EpochReport] = []
     global_epoch = resume.global_epoch
-    anchor_iters = {name: _cycle(make_loader(ds, cfg.batch_size, True, cfg.seed + 7,
-                                             pair_collate(ctx.tokenizer), workers))
-                    for name, ds in data.anchors.items() if name in method.anchor_sets}
-    missing = [a for a in method.anchor_sets if a not in anchor_iters]
+    rank, world_size = world()
+    missing = [a for a in method.anchor_sets if a not in data.anchors]
     if missing:
         raise ValueError(f"method {method.name} needs anchor set(s) {missing}; prepare them first")
 
@@ -169,12 +181,20 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
                                                     eval_transform or data.val.transform, device)
         else:
             dataset = data.train
-        loader = make_loader(dataset, cfg.batch_size, True, cfg.seed, None,
+        sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank,
+                                     world_size=world_size)
+        loader = make_loader(WithIndex(dataset), sampler, None,
                              0 if stage.cache_features else workers)   # features: in memory
         steps_per_epoch = len(loader)
         if cfg.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-        # fused: one CUDA kernel for the whole update instead of several per parameter group
+        # ARF's anchor pairs: one global anchor batch per step, sharded like the task batch
+        anchor_loaders = {
+            name: make_loader(data.anchors[name], GlobalBatchSampler(
+                len(data.anchors[name]), cfg.batch_size, cfg.seed,
+                stream=ANCHOR_STREAM + i, num_batches=steps_per_epoch, rank=rank,
+                world_size=world_size), pair_collate(ctx.tokenizer), workers)
+            for i, name in enumerate(method.anchor_sets)}
         optimizer = torch.optim.AdamW(params, lr=stage.lr or cfg.lr,
                                       weight_decay=cfg.weight_decay if stage.weight_decay is None
                                       else stage.weight_decay,
@@ -190,16 +210,17 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
         if cfg.compile:     # after DDP's wrapper, as torch's DDP + compile notes ask
             step_module = torch.compile(step_module)
         for epoch in range(first_epoch, epochs):
-            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            # Every epoch's randomness (shuffling, augmentation) is a function of (seed, epoch),
-            # so a run resumed from a checkpoint continues exactly as if never interrupted.
+            # Every epoch's randomness (shuffling, anchors, templates, augmentation) is a
+            # function of (seed, epoch), so a run resumed from a checkpoint continues exactly as
+            # if never interrupted.
+            for s in (sampler, *(a.batch_sampler for a in anchor_loaders.values())):
+                s.set_epoch(global_epoch)
+            anchor_iters = {name: iter(a) for name, a in anchor_loaders.items()}
             torch.manual_seed(cfg.seed * 1000 + global_epoch)
-            if isinstance(getattr(loader, "generator", None), torch.Generator):
-                loader.generator.manual_seed(cfg.seed * 1000 + global_epoch)
             start, total, terms_sum, steps = time.perf_counter(), 0.0, {}, 0
-            for x, y in itertools.islice(loader, steps_per_epoch):
-                batch = Batch(labels=y.to(device, non_blocking=True))
+            for x, y, indices in itertools.islice(loader, steps_per_epoch):
+                batch = Batch(labels=y.to(device, non_blocking=True), indices=indices,
+                              epoch=global_epoch)
                 if stage.cache_features:
                     batch.features = x.to(device, non_blocking=True)
                 else:
@@ -229,8 +250,11 @@ def train(model: nn.Module, method: Method, ctx: MethodContext, data: TaskData,
                 steps += 1
             method.on_epoch_end(model, epoch, stage)
             global_epoch += 1
-            report = EpochReport(stage.name, global_epoch, total / max(steps, 1),
-                                 {k: v / max(steps, 1) for k, v in terms_sum.items()}, steps,
+            # the global batch's loss: per-sample terms are per-worker means (their mean over the
+            # workers is the global mean); contrastive terms are already global on every worker
+            means = mean_over_workers({"loss": total / max(steps, 1),
+                                       **{k: v / max(steps, 1) for k, v in terms_sum.items()}})
+            report = EpochReport(stage.name, global_epoch, means.pop("loss"), means, steps,
                                  time.perf_counter() - start)
             reports.append(report)
             log.info("stage %s epoch %d: loss %.4f (%d steps, %.1fs)", stage.name,

@@ -9,6 +9,8 @@ Loss: L_CL + w_cap·L_Cap + w_ret·L_Ret (the returned terms are already weighte
   ``"retrieved"``).
 Anchor pairs carry no class labels, so L_Cap and L_Ret never mask; ``mask_same_class`` applies
 to L_CL as in FLYP. Trains both towers and logit_scale (clamped ≤ ln 100, as FLYP here).
+Under DDP each term is over the global batch, and the anchor batches are drawn for the global
+batch and sharded like the task batch (the loop's ``GlobalBatchSampler``).
 """
 from __future__ import annotations
 
@@ -59,6 +61,6 @@ class Arf(Flyp):
 
     def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
         feats = image_features(model, batch)  # (B, D)
-        return {"cl_loss": self.class_prompt_loss(model, feats, batch.labels),
+        return {"cl_loss": self.class_prompt_loss(model, feats, batch),
                 "cap_loss": self.params.w_cap * self.anchor_loss(model, batch, "captions", feats),
                 "ret_loss": self.params.w_ret * self.anchor_loss(model, batch, "retrieved", feats)}

@@ -61,16 +61,27 @@ class Stage:
 
 @dataclass
 class Batch:
-    """One training batch. Shapes: images (B, 3, H, W); labels (B,); features (B, D).
+    """One training batch (this worker's share under DDP). Shapes: images (B, 3, H, W); labels
+    (B,); features (B, D).
 
     ``anchors`` maps an anchor-set name (ARF: ``"captions"``, ``"retrieved"``) to a pair
-    (images (A, 3, H, W), tokens (A, L)) drawn beside the task batch.
+    (images (A, 3, H, W), tokens (A, L)) drawn beside the task batch. ``indices`` (B,) are the
+    samples' indices in the training set and ``epoch`` the 0-based epoch across stages: per-sample
+    random draws (FLYP's templates) are functions of them.
     """
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
     features: torch.Tensor | None = None
     anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    indices: torch.Tensor | None = None
+    epoch: int = 0
+
+    def sample_indices(self) -> torch.Tensor:
+        """``indices``, or 0 … B−1 for a batch built without them (tests, one-off losses)."""
+        if self.indices is not None:
+            return self.indices
+        return torch.arange(len(self.labels))
 
 
 @dataclass

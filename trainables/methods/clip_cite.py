@@ -16,6 +16,9 @@ Loss: L_DVA + λ·L_SCL + η·L_VLD (the returned terms are already weighted by 
   row-softmaxes of the B×B image–class-prompt similarity matrices of the frozen zero-shot model
   (scaled by s_zs) and of the fine-tuned model (scaled by its s); batch mean.
 
+Under DDP, L_SCL and L_VLD are computed over the global batch (features and labels of every rank
+gathered with gradients, :mod:`trainables.distributed`); L_DVA is per-sample and needs no gather.
+
 Trains the image tower, the text tower and W; logit_scale stays fixed (s = s_zs throughout).
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from ..distributed import gather_pair
 from .base import Batch, Method, MethodContext, is_head, is_image_tower, is_text_tower, register
 from .common import (CLASS_PROMPT, batch_class_embeddings, class_prompt_tokens, cross_entropy,
                      image_features, same_class_masked_contrastive_loss)
@@ -66,7 +70,10 @@ def scl_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, labels: torch.
 def vld_loss(zs_image: torch.Tensor, zs_text: torch.Tensor, zs_scale: torch.Tensor | float,
              ft_image: torch.Tensor, ft_text: torch.Tensor,
              ft_scale: torch.Tensor | float) -> torch.Tensor:
-    """L_VLD = KL(p_zs ‖ p_ft), batch mean, p = row-softmax of s · I Tᵀ (B, B)."""
+    """L_VLD = KL(p_zs ‖ p_ft), batch mean, p = row-softmax of s · I Tᵀ (B, B) over the global
+    batch (each rank passes its (b, D) features; they are gathered first under DDP)."""
+    zs_image, zs_text = gather_pair(zs_image, zs_text)   # (B, D) each, no grad (frozen model)
+    ft_image, ft_text = gather_pair(ft_image, ft_text)   # (B, D) each, with grad
     log_p_zs = F.log_softmax(zs_scale * zs_image @ zs_text.T, dim=-1)
     log_p_ft = F.log_softmax(ft_scale * ft_image @ ft_text.T, dim=-1)
     return F.kl_div(log_p_ft, log_p_zs, log_target=True, reduction="batchmean")

@@ -2,6 +2,8 @@
 embeddings computed with gradient, and the image features of a batch.
 
 Shapes: ``B`` batch, ``D`` embedding dim, ``K`` classes, ``T`` templates, ``L`` context length.
+Under DDP the contrastive losses take this rank's ``b = B / N`` pairs and are computed over the
+global batch (every text of every rank is a negative): see :mod:`trainables.distributed`.
 """
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from open_clip import ClipLoss
 from torch import nn
 
+from ..distributed import clip_loss, gather_labels, gather_pair
 from .base import Batch
 
 #: The single class prompt of CLIP-CITE (paper: "a photo of a [category]") and CE-SWA's
@@ -19,19 +21,16 @@ from .base import Batch
 #: matches its paper whatever template list a dataset ships.
 CLASS_PROMPT = "a photo of a {}."
 
-# open_clip's single-process CLIP loss: ½[CE(s·F Tᵀ, arange) + CE(s·T Fᵀ, arange)].
-# cache_labels=False: batch sizes vary (last batch), and nothing is gained on one device.
-_CLIP_LOSS = ClipLoss(cache_labels=False)
-
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                      scale: torch.Tensor | float) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE over B (image, text) pairs (open_clip ``ClipLoss``).
+    """CLIP's symmetric InfoNCE over the global batch's B (image, text) pairs (open_clip
+    ``ClipLoss``, gathering every rank's pairs with gradients under DDP).
 
-    ``image_features``/``text_features``: (B, D), L2-normalised; row i of each is a positive pair.
-    ``scale``: the temperature s = logit_scale.exp().
+    ``image_features``/``text_features``: (b, D) on this rank, L2-normalised; row i of each is a
+    positive pair. ``scale``: the temperature s = logit_scale.exp().
     """
-    return _CLIP_LOSS(image_features, text_features, scale)
+    return clip_loss()(image_features, text_features, scale)
 
 
 def same_class_masked_contrastive_loss(image_features: torch.Tensor,
@@ -43,8 +42,11 @@ def same_class_masked_contrastive_loss(image_features: torch.Tensor,
     class; the texts j ≠ i with ``labels[j] == labels[i]`` are removed (logit −∞). Likewise for
     each text against the batch images. Reduction as in ``ClipLoss`` (½ × sum of the two batch
     means), so with all labels distinct it equals :func:`contrastive_loss`. This is FLYP's
-    optional masking and CLIP-CITE's L_SCL (written as a negative log-likelihood).
+    optional masking and CLIP-CITE's L_SCL (written as a negative log-likelihood). Under DDP the
+    features and labels of every rank are gathered first (the masks need the global labels).
     """
+    image_features, text_features = gather_pair(image_features, text_features)  # (B, D) each
+    labels = gather_labels(labels)  # (B,)
     logits = scale * image_features @ text_features.T  # (B, B), row = image, column = text
     same = labels[:, None] == labels[None, :]
     other_same = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)

@@ -8,8 +8,10 @@ pairs in a batch are negatives by default (the paper found masking them slightly
 ``mask_same_class`` removes them from the denominators. After every step logit_scale is clamped
 to ≤ ln(100) as open_clip's trainer does; FLYP's own code does not clamp (with lr ~1e-5 the
 scale hardly moves, so the clamp only guards long or high-lr runs).
-Templates are drawn from a generator seeded with TrainConfig.seed, so runs are reproducible and
-independent of other users of the global RNG.
+Each image's template is a function of (TrainConfig.seed, epoch, the image's dataset index)
+(:class:`~trainables.sampling.PerSampleDraws`): runs are reproducible, a resumed run draws what an
+uninterrupted one does, and N DDP workers draw what one worker does. Under DDP the loss is over
+the global batch (open_clip's ``ClipLoss`` gathers every rank's pairs).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..sampling import PerSampleDraws
 from .base import (Batch, Method, MethodContext, is_image_tower, is_logit_scale, is_text_tower,
                    register)
 from .common import (class_prompt_tokens, contrastive_loss, image_features,
@@ -48,25 +51,26 @@ class Flyp(Method):
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
         self._tokens = class_prompt_tokens(ctx.tokenizer, ctx.classnames, ctx.templates,
                                            ctx.device)  # (K, T, L)
-        self._generator = torch.Generator().manual_seed(self.train.seed)
+        self._draws = PerSampleDraws(self.train.seed, self._tokens.shape[1])
 
-    def prompt_tokens(self, labels: torch.Tensor) -> torch.Tensor:
-        """For each label one template drawn uniformly at random: tokens (B, L)."""
-        draws = torch.randint(self._tokens.shape[1], (len(labels),), generator=self._generator)
-        return self._tokens[labels.to(self._tokens.device), draws.to(self._tokens.device)]
+    def prompt_tokens(self, batch: Batch) -> torch.Tensor:
+        """For each image of the batch one template drawn uniformly at random, a function of
+        (seed, ``batch.epoch``, ``batch.indices``): tokens (B, L)."""
+        draws = self._draws(batch.epoch, batch.sample_indices())
+        return self._tokens[batch.labels.to(self._tokens.device), draws.to(self._tokens.device)]
 
     def class_prompt_loss(self, model: nn.Module, image_feats: torch.Tensor,
-                          labels: torch.Tensor) -> torch.Tensor:
+                          batch: Batch) -> torch.Tensor:
         """FLYP's loss between (B, D) image features and their randomly templated class prompts."""
-        text_feats = model.text_features(self.prompt_tokens(labels))  # (B, D)
+        text_feats = model.text_features(self.prompt_tokens(batch))  # (B, D)
         scale = model.clip.logit_scale.exp()
         if self.params.mask_same_class:
-            return same_class_masked_contrastive_loss(image_feats, text_feats, labels, scale)
+            return same_class_masked_contrastive_loss(image_feats, text_feats, batch.labels, scale)
         return contrastive_loss(image_feats, text_feats, scale)
 
     def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
         return {"contrastive_loss":
-                self.class_prompt_loss(model, image_features(model, batch), batch.labels)}
+                self.class_prompt_loss(model, image_features(model, batch), batch)}
 
     def after_step(self, model: nn.Module) -> None:
         with torch.no_grad():
