@@ -216,3 +216,28 @@ def test_greedy_soup_rejects_an_ingredient_that_only_ties(tmp_path):
     ids, state, score = greedy_soup(ings, id_val_of)
     assert ids == ["a", "c"] and score == 71.0             # a+b ties (70.0): rejected
     assert torch.allclose(state["w"], torch.full((2, 3), 1.5))
+
+
+# --- the command line: bad storage / warm start -> one line, exit 2, nothing written ------------
+@pytest.mark.parametrize("case", ["warm start of another method", "storage is the MLflow store"])
+def test_bad_optuna_input_exits_2_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    from search.run import main
+
+    from .tiny_data import write_tiny_spec
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    args = ["--method", "ft", "--space", "spaces/ft.yaml", "--set", "weight_decay=0.1",
+            "--data", str(write_tiny_spec(tmp_path / "data", per_class=2)),
+            "--model", "micro-clip-16", "--pretrained", "", "--output", str(out)]
+    if case == "warm start of another method":
+        args += ["--warm-start", str(_earlier(tmp_path, method="car-ft"))]
+        needle = "is a study of method 'car-ft', not 'ft'"
+    else:
+        store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        args += ["--tracking-uri", store, "--optuna-storage", store]
+        needle = "is the MLflow tracking store"
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exc.value.code == 2 and len(lines) == 1 and needle in lines[0], lines
+    assert not out.exists()
