@@ -296,8 +296,9 @@ def efficiency(bench: Bench) -> Figure:
                               f"({', '.join(f'{g:+.2f}' for g in gaps)})",
                               None if bench.quick else statistics.median(gaps) >= 0))
     fig.notes.append(f"`{method}` with {space} on {bench.data().parent.name} ({bench.model}): "
-                     f"{n} trials per arm and seed, one at a time, --set {' '.join(overrides)} "
-                     "(steps capped per epoch, α = 1 only); TPE's start-up trials: the default "
+                     f"{n} trials per arm and seed, one at a time, --set {' '.join(overrides)}"
+                     + (" (steps capped per epoch, α = 1 only)" if "wise.grid=[1.0]" in overrides
+                        else "") + "; TPE's start-up trials: the default "
                      f"for {n} trials ({max(2, round(n / 4))}), univariate. Compute = Σ trial "
                      "train + eval seconds (time/*); best = highest ID-val objective reported so "
                      "far (per epoch, or at the end). Equal compute = the smallest arm total of "

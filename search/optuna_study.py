@@ -134,6 +134,9 @@ def _warm_source(source: str, study: str | None) -> tuple[str, str]:
         raise OptunaStudyError(f"--warm-start {source}: summary.json names no Optuna study "
                                "(written before studies were persisted); fix: warm-start from a "
                                "newer study") from None
+    local = Path(source).expanduser() / STORAGE_FILE
+    if _sqlite_file(url) is not None and local.is_file():
+        url = default_storage(local.parent.resolve())   # the folder's own file, even if moved
     if "***" in url:    # summary.json masks passwords
         raise OptunaStudyError(f"--warm-start {source}: its storage URL has a masked password; "
                                "fix: pass the URL itself with --warm-start-study "
