@@ -241,3 +241,26 @@ def test_bad_optuna_input_exits_2_and_writes_nothing(case, tmp_path, capsys, mon
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert exc.value.code == 2 and len(lines) == 1 and needle in lines[0], lines
     assert not out.exists()
+
+
+# --- the Tuner's configuration (built without starting Ray) ---------------------------------------
+def test_tuner_names_its_metric_sets_one_concurrency_limit_and_warns(tmp_path, monkeypatch, caplog):
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search import tuner
+    from search.trial import StudySetup
+    monkeypatch.setattr(tuner, "make_trainable", lambda setup: (lambda config: None))
+    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data="unused",
+                       storage_path=str(tmp_path))
+    built = tuner.make_tuner(setup, {"lr": tune.loguniform(1e-4, 3e-3)}, study_name="s",
+                             sampler="tpe", seed=0, scheduler="asha", grace_period=1,
+                             reduction_factor=2, num_samples=2, max_concurrent_trials=2,
+                             callbacks=[], storage_path=tmp_path)
+    config = built._local_tuner._tune_config          # (private: what Tune will run with)
+    assert (config.metric, config.mode) == (OBJECTIVE, "max")
+    assert config.max_concurrent_trials == 2
+    assert isinstance(config.search_alg, O.StudySearch)       # not also a ConcurrencyLimiter
+    assert not isinstance(config.search_alg, ConcurrencyLimiter)
+    assert config.search_alg._sampler._n_startup_trials == 2
+    assert "num_samples 2 <= n_startup_trials 2: every TPE trial is random" in caplog.text
