@@ -154,8 +154,13 @@ def warm_start_points(source: str, study: str | None, method: str,
     if name not in study_names(url):
         raise OptunaStudyError(f"--warm-start: no study {name!r} in {shown(url)}; fix: check "
                                "the name (optuna studies ls --storage URL)")
-    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
-    earlier = optuna.load_study(study_name=name, storage=storage)
+    try:
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        earlier = optuna.load_study(study_name=name, storage=storage)
+    except Exception as exc:    # e.g. a schema from another Optuna version
+        raise OptunaStudyError(f"--warm-start: study {name!r} in {shown(url)} cannot be read "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0]}); fix: "
+                               "open it with the Optuna version that wrote it") from None
     label = f"{shown(url)} study {name}"
     if earlier.user_attrs.get("method") != method:
         raise OptunaStudyError(f"--warm-start {label} is a study of method "
