@@ -229,11 +229,14 @@ def _search_rows(bench: Bench, method: str, space: str, n: int, overrides: list[
     params = {k: v for k, v in tune_param_space(study.space).items()
               if k not in study.setup.base_params}
     s = study.space.search
-    make_tuner(study.setup, params, study_name=study.name, sampler=sampler, seed=seed,
-               scheduler=scheduler, grace_period=s.grace_period,
-               reduction_factor=s.reduction_factor, num_samples=n, max_concurrent_trials=1,
-               callbacks=[], storage_path=output / "ray", n_startup_trials=s.n_startup_trials,
-               multivariate=s.multivariate).fit()
+    grid = make_tuner(study.setup, params, study_name=study.name, sampler=sampler, seed=seed,
+                      scheduler=scheduler, grace_period=s.grace_period,
+                      reduction_factor=s.reduction_factor, num_samples=n,
+                      max_concurrent_trials=1, callbacks=[], storage_path=output / "ray",
+                      n_startup_trials=s.n_startup_trials, multivariate=s.multivariate).fit()
+    if grid.num_terminated + grid.num_errors < n:    # Ctrl-C: Tune stops and returns early
+        raise RuntimeError(f"figure 4, arm {arm} seed {seed}: only {grid.num_terminated} of "
+                           f"{n} trials ended (interrupted?); run it again to redo this arm")
     # trials run one at a time: order them by when they started (Tune's trial ids are random)
     trials = sorted(trial_rows(output / "ray" / study.name).values(),
                     key=lambda rows: rows[0]["timestamp"] - rows[0]["time_total_s"])
