@@ -11,7 +11,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-import yaml
 from optuna.trial import TrialState
 
 from search import optuna_study as O

@@ -7,6 +7,7 @@ One test, two short studies (each Ray study costs minutes of CPU): study A (3 tr
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import optuna
@@ -25,7 +26,6 @@ def data(tmp_path_factory) -> Path:
 
 def _run(folder: Path, data: Path, num_samples: int, *extra: str) -> dict:
     """Run one study in ``folder`` (a child process, as test_reliability does); its summary."""
-    import sys
     folder.mkdir()
     space = folder / "space.yaml"
     space.write_text(yaml.safe_dump({
