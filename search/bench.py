@@ -6,7 +6,7 @@
 1. training-step throughput of ``trainables.loop.train`` against a bare PyTorch loop;
 2. per-trial framework overhead of a search, and the whole search's wall time over trial compute;
 3. the WiSE mixing search: 11-point grid against golden-section search on trained models;
-4. search efficiency: Optuna TPE + ASHA against random search without early stopping;
+4. search efficiency: random + FIFO, TPE + FIFO and TPE + ASHA at budgets where TPE models;
 5. peak training memory of every method relative to FT;
 6. wall time of the README quick-start command (first run and warm cache).
 

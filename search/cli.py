@@ -93,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default sqlite:///OUTPUT/mlflow.db; use an "
                         "http://127.0.0.1:PORT server for clusters)")
     p.add_argument("--experiment", default="robust-ft-search", help="MLflow experiment name")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="Optuna storage of the study's sampler history, opened by "
+                        "optuna.load_study and optuna-dashboard (default "
+                        "sqlite:///OUTPUT/optuna.db; e.g. postgresql://... for clusters; never "
+                        "the MLflow store)")
+    p.add_argument("--warm-start", default=None, metavar="OUTPUT|URL",
+                   help="start from a finished study of the same method and searched "
+                        "parameters: its best configurations run first (as many as TPE's "
+                        "start-up trials). OUTPUT: that study's --output; URL: an Optuna "
+                        "storage, with --warm-start-study")
+    p.add_argument("--warm-start-study", default=None, metavar="NAME",
+                   help="the study to warm-start from in --warm-start URL")
     p.add_argument("--study-name", default=None,
                    help="name of the study (Tune experiment, Optuna study, MLflow parent run); "
                         "default: <method>-search")

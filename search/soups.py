@@ -2,7 +2,9 @@
 
 Every trial of a study fine-tunes from the same zero-shot initialisation, so their weights can be
 averaged. The uniform soup averages the top-k trials; the greedy soup walks the trials in order of
-their own ID-val accuracy and keeps each one only if the soup's ID-val accuracy does not drop.
+their own ID-val accuracy and keeps each one only if the soup's ID-val accuracy strictly improves
+(the paper's rule: on a small validation set many additions tie, and a tie is no evidence that
+an ingredient helps).
 Both choices read ID val only; the soups are then evaluated on every set for the report.
 """
 from __future__ import annotations
@@ -46,8 +48,8 @@ def uniform_soup(ingredients: list[Ingredient], top_k: int) -> tuple[list[str], 
 def greedy_soup(ingredients: list[Ingredient],
                 id_val_of: Callable[[dict[str, torch.Tensor]], float]
                 ) -> tuple[list[str], dict, float]:
-    """(trial ids kept, weights, soup ID-val accuracy), adding trials best-first while ID val
-    does not drop. ``id_val_of`` evaluates a state dict on ID val only."""
+    """(trial ids kept, weights, soup ID-val accuracy), adding trials best-first, each only if
+    the soup's ID val strictly improves. ``id_val_of`` evaluates a state dict on ID val only."""
     ordered = sorted(ingredients, key=lambda i: -i.id_val)
     kept = [ordered[0]]
     states = [load_weights(ordered[0].checkpoint / WEIGHTS)]
@@ -55,6 +57,6 @@ def greedy_soup(ingredients: list[Ingredient],
     for ing in ordered[1:]:
         candidate = states + [load_weights(ing.checkpoint / WEIGHTS)]
         score = id_val_of(average(candidate))
-        if score >= best:
+        if score > best:
             kept, states, best = kept + [ing], candidate, score
     return [i.trial_id for i in kept], average(states), best

@@ -13,6 +13,8 @@ Format::
     search:
       sampler: tpe                 # tpe | random   (Optuna samplers, seeded)
       seed: 0
+      n_startup_trials: 2          # TPE's random trials first (default: num_samples/4, >= 2)
+      multivariate: false          # TPE over the joint space (Optuna's multivariate TPE)
       scheduler: asha              # asha | fifo    (ASHA on the per-epoch ID-val metric)
       num_samples: 4
       grace_period: 1
@@ -24,6 +26,12 @@ Format::
       evaluations: 6               # budget for golden (>= 3)
     soups:
       top_k: 3                     # 0 disables soups
+
+``n_startup_trials`` defaults to :func:`startup_trials`: a quarter of ``num_samples``, at least 2.
+Optuna's own default (10) assumes budgets of a hundred trials; at this project's budgets (2-16
+trials) it makes TPE random sampling throughout. A quarter leaves three quarters of the budget
+model-based, and 2 is the fewest completed trials from which TPE can split "good" from "bad"
+(BENCHMARKS.md, figure 4). ``multivariate`` is off by default: it has not been measured better here.
 
 Unlisted parameters keep their TrainConfig / Params defaults; ``search``, ``wise`` and ``soups``
 may be omitted (defaults above). YAML 1.1 reads ``1e-5`` as a string: numbers written that way are
@@ -84,6 +92,8 @@ class SearchSettings:
 
     sampler: str = "tpe"
     seed: int = 0
+    n_startup_trials: int | None = None     # None: startup_trials(num_samples)
+    multivariate: bool = False
     scheduler: str = "asha"
     num_samples: int = 4
     grace_period: int = 1
@@ -277,7 +287,8 @@ def _settings(cls: type, raw: Any, section: str, rep: _Reporter) -> Any:
 
 #: allowed values and lower bounds of the settings sections, checked by :func:`_check_settings`
 _ALLOWED = {"search.sampler": SAMPLERS, "search.scheduler": SCHEDULERS, "wise.strategy": STRATEGIES}
-_MINIMUM = {"search.num_samples": 1, "search.grace_period": 1, "search.max_concurrent_trials": 1,
+_MINIMUM = {"search.num_samples": 1, "search.n_startup_trials": 1, "search.grace_period": 1,
+            "search.max_concurrent_trials": 1,
             "wise.evaluations": 3, "soups.top_k": 0}
 
 
@@ -292,7 +303,7 @@ def _check_settings(sections: dict[str, Any], rep: _Reporter) -> None:
             rep.fail(key, f"unknown {key.split('.')[1]} {get(key)!r}",
                      f"use one of {list(allowed)}")
     for key, minimum in _MINIMUM.items():
-        if get(key) < minimum:
+        if get(key) is not None and get(key) < minimum:
             why = " (golden-section search)" if key == "wise.evaluations" else ""
             rep.fail(key, f"must be >= {minimum}{why}, got {get(key)}", f"use {minimum} or more")
     if sections["search"].reduction_factor <= 1:
@@ -376,6 +387,12 @@ def load_space(path: str | Path, method: str,
     return Space(method, params, sections["search"], wise, sections["soups"], source)
 
 
+def startup_trials(configured: int | None, num_samples: int) -> int:
+    """TPE's random start-up trials: ``configured`` (the space's ``n_startup_trials``), else a
+    quarter of the budget (rounded), at least 2 (module docstring gives the reason)."""
+    return configured if configured is not None else max(2, round(num_samples / 4))
+
+
 def tune_param_space(space: Space) -> dict[str, Any]:
     """Ray Tune search-space objects for ``Tuner(param_space=...)`` + OptunaSearch; constants stay
     plain values. ``int`` bounds are inclusive here, Tune's ``randint`` upper bound is exclusive."""
@@ -397,4 +414,4 @@ def space_as_dict(space: Space) -> dict[str, Any]:
 
 
 __all__ = ["Distribution", "SearchSettings", "SoupSettings", "Space", "SpaceError", "WiseSettings",
-           "load_space", "space_as_dict", "tune_param_space"]
+           "load_space", "space_as_dict", "startup_trials", "tune_param_space"]

@@ -99,6 +99,8 @@ class Study:
     max_concurrent: int
     seed: int
     parts: RunParts              # driver-side model/data/evaluator (zero-shot eval, soups)
+    optuna_storage: str = ""     # the Optuna study's storage URL (search/optuna_study.py)
+    warm_start: tuple[list[dict[str, Any]], str] = ([], "")   # (configurations, source label)
 
     # --- validation -------------------------------------------------------------------------
     @classmethod
@@ -166,12 +168,14 @@ class Study:
         tracking_uri = args.tracking_uri or f"sqlite:///{output / 'mlflow.db'}"
         if not tracking_uri.startswith("sqlite"):
             ensure_tracking(tracking_uri)       # reachable before any training
+        optuna_storage, warm_start = _check_optuna(args, space, setup, name, output,
+                                                   tracking_uri, num_samples)
         from .ray_setup import init_ray
         # raises ResourceError if a trial cannot fit, ClusterError for node-local storage or a
         # sqlite store on a multi-node cluster
         init_ray(args.address, setup, max_conc, tracking_uri=tracking_uri)
         return cls(args, setup, space, name, output, tracking_uri, num_samples, max_conc, seed,
-                   parts)
+                   parts, optuna_storage=optuna_storage, warm_start=warm_start)
 
     # --- running ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -211,26 +215,31 @@ class Study:
                 "max_concurrent_trials": self.max_concurrent, "study": self.name}
 
     def _tune(self, recorder) -> list[dict[str, Any]]:
-        from .space import tune_param_space
+        from .optuna_study import open_study
         from .tracking import MlflowTuneCallback
         from .tuner import make_tuner, restore_tuner
 
         storage = self.output / "ray"
         callbacks = [MlflowTuneCallback(recorder)]
-        if self.args.resume and (storage / self.name / "tuner.pkl").is_file():
+        restoring = self.args.resume and (storage / self.name / "tuner.pkl").is_file()
+        if self.optuna_storage:
+            open_study(self.optuna_storage, self.name, self.setup.method, *self.warm_start,
+                       restoring=restoring)
+        if restoring:
             tuner = restore_tuner(self.setup, self.name, storage)
         else:
             if self.args.resume:
                 log.warning("--resume: the killed driver saved no Tune state for %s (it died "
                             "before the first trial); starting its trials afresh", self.name)
-            params = tune_param_space(self.space)
-            params = {k: v for k, v in params.items() if k not in self.setup.base_params}
+            params = _param_space(self.space, self.setup)
             s = self.space.search
             tuner = make_tuner(self.setup, params, study_name=self.name, sampler=s.sampler,
                                seed=self.seed, scheduler=s.scheduler, grace_period=s.grace_period,
                                reduction_factor=s.reduction_factor, num_samples=self.num_samples,
                                max_concurrent_trials=self.max_concurrent, callbacks=callbacks,
-                               storage_path=storage)
+                               storage_path=storage, n_startup_trials=s.n_startup_trials,
+                               multivariate=s.multivariate,
+                               optuna_storage=self.optuna_storage or None)
         grid = tuner.fit()
         trials = []
         for result in grid:
@@ -262,6 +271,11 @@ class Study:
             "mlflow": {"tracking_uri": self.tracking_uri, "experiment": self.args.experiment,
                        "experiment_id": recorder.experiment_id, "parent_run_id": parent},
         }
+        if self.optuna_storage:
+            from .optuna_study import OBJECTIVE_NAME, shown
+            summary["optuna"] = {"storage": shown(self.optuna_storage), "study_name": self.name,
+                                 "objective": OBJECTIVE_NAME,
+                                 "warm_start": self.warm_start[1] or None}
         best = None
         if finished:
             best = finished[best_trial([t["metrics"] for t in finished], OBJECTIVE)]
@@ -273,6 +287,7 @@ class Study:
             summary["soups"] = self._soups(finished, best)
         importances = self._importances(finished)
         summary["importances"] = importances
+        importances = importances if isinstance(importances, dict) else {}
         if trials and not finished:     # every trial failed (or was stopped): the study failed
             first = next(iter(summary["errors"].values()), "no trial reported a final result")
             summary["error"] = (f"all {len(trials)} trials failed (first error: {first}); "
@@ -285,6 +300,8 @@ class Study:
 
     def _soups(self, finished: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
         from .soups import Ingredient, greedy_soup, uniform_soup
+        if self.space is not None and self.space.soups.top_k == 0:
+            return {}                                       # soups.top_k: 0 disables soups
         ingredients = [Ingredient(t["trial_id"], t["metrics"]["ft/" + M.ID_VAL],
                                   Path(t["checkpoint"])) for t in finished if t["checkpoint"]]
         if len(ingredients) < 2:
@@ -311,33 +328,13 @@ class Study:
                          "curve": {k: v for k, v in result.items() if k.startswith("wise_curve/")}}
         return out
 
-    def _importances(self, finished: list[dict[str, Any]]) -> dict[str, float]:
-        """Optuna parameter importances over the searched values and the selected WiSE α."""
-        import optuna
-        if self.space is None or len(finished) < 2:
+    def _importances(self, finished: list[dict[str, Any]]) -> dict[str, float] | str:
+        """fANOVA importances of the searched parameters, from the study's Optuna study (its
+        COMPLETE trials = ``finished``), or the reason there are none ("too few trials")."""
+        from .optuna_study import importances
+        if not self.optuna_storage:
             return {}
-        dists: dict[str, Any] = {"wise_alpha": optuna.distributions.FloatDistribution(0.0, 1.0)}
-        for key, d in self.space.params.items():
-            if d.kind == "loguniform":
-                dists[key] = optuna.distributions.FloatDistribution(d.low, d.high, log=True)
-            elif d.kind == "uniform":
-                dists[key] = optuna.distributions.FloatDistribution(d.low, d.high)
-            elif d.kind == "int":
-                dists[key] = optuna.distributions.IntDistribution(int(d.low), int(d.high))
-            elif d.kind == "choice":
-                dists[key] = optuna.distributions.CategoricalDistribution(list(d.choices))
-        study = optuna.create_study(direction="maximize")
-        for t in finished:
-            params = {k: t["config"][k] for k in dists if k in t["config"]}
-            params["wise_alpha"] = t["metrics"]["wise_alpha"]
-            study.add_trial(optuna.trial.create_trial(
-                params=params, distributions={k: dists[k] for k in params},
-                value=t["metrics"][OBJECTIVE]))
-        try:
-            return dict(optuna.importance.get_param_importances(study))
-        except (ValueError, RuntimeError) as err:   # e.g. all trials identical
-            log.warning("parameter importances unavailable: %s", err)
-            return {}
+        return importances(self.optuna_storage, self.name, self.seed)
 
     def print_summary(self, summary: dict[str, Any], wall_s: float) -> None:
         from .table import format_table
@@ -361,6 +358,42 @@ class Study:
         uri = self.tracking_uri
         print(f"MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
               if uri.startswith("sqlite") else f"MLflow: open {uri}")
+        if "optuna" in summary:
+            optuna_info = summary["optuna"]
+            importances = summary.get("importances")
+            print(f"Optuna: optuna-dashboard {optuna_info['storage']} (study "
+                  f"{optuna_info['study_name']}); importances: "
+                  + (", ".join(f"{k} {v:.2f}" for k, v in importances.items())
+                     if isinstance(importances, dict) else str(importances)))
+
+
+def _param_space(space, setup: StudySetup) -> dict[str, Any]:
+    """The Tune search space of the parameters the sampler chooses (constants excluded)."""
+    from .space import tune_param_space
+    return {k: v for k, v in tune_param_space(space).items() if k not in setup.base_params}
+
+
+def _check_optuna(args: Any, space, setup: StudySetup, name: str, output: Path,
+                  tracking_uri: str, num_samples: int
+                  ) -> tuple[str, tuple[list[dict[str, Any]], str]]:
+    """(Optuna storage URL or "" when nothing is searched, (warm-start configurations, their
+    source)), checked before anything is written (search/optuna_study.py)."""
+    from .optuna_study import (check_storage, default_storage, optuna_distributions,
+                               warm_start_points)
+    from .space import startup_trials
+    searched = _param_space(space, setup) if space is not None else {}
+    warm = getattr(args, "warm_start", None)
+    if not searched:
+        if warm:
+            raise StudyError("--warm-start needs a search space with searched parameters")
+        return "", ([], "")
+    url = getattr(args, "optuna_storage", None) or default_storage(output)
+    check_storage(url, tracking_uri, name, args.resume)
+    if not warm:
+        return url, ([], "")
+    count = min(num_samples, startup_trials(space.search.n_startup_trials, num_samples))
+    return url, warm_start_points(warm, getattr(args, "warm_start_study", None), setup.method,
+                                  optuna_distributions(searched), count)
 
 
 def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:

@@ -241,7 +241,8 @@ def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
 
     def report(metrics: dict[str, float], state: dict[str, torch.Tensor] | None,
                loop_state=None) -> None:
-        metrics = {**setup_s, **metrics}
+        # the objective first: Tune's live table shows the first metrics a trial reports
+        metrics = {**{k: metrics[k] for k in (OBJECTIVE,) if k in metrics}, **setup_s, **metrics}
         setup_s.clear()
         if rank != 0 or state is None:
             session.report(metrics)

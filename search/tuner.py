@@ -7,12 +7,13 @@ and calls ``fit()`` (Ray 2.60's Train-in-Tune pattern): ``TuneReportCallback`` f
 workers' reports (metrics + checkpoint path) to Tune. A one-worker CPU trial runs the same worker
 function in the trial actor as a plain Tune function trainable, reporting to Tune's session, and
 the actor is reused by the next trial (BENCHMARKS.md, figure 2: 20-60 s less per trial here).
-OptunaSearch
-(TPE or random, seeded, named study) proposes the configurations; ASHA prunes on the per-epoch
-ID-val objective.
+OptunaSearch (TPE or random, seeded, its named study persisted by :mod:`search.optuna_study`)
+proposes the configurations; ASHA prunes on the per-epoch ID-val objective, which the TuneConfig
+names.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from typing import Any
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from .space import startup_trials
 from .trial import OBJECTIVE, StudySetup, setup_dict, train_worker
+
+log = logging.getLogger(__name__)
 
 
 def run_trial(config: dict[str, Any], setup: StudySetup) -> None:
@@ -58,41 +61,53 @@ def run_trial(config: dict[str, Any], setup: StudySetup) -> None:
     trainer.fit()
 
 
-def make_searcher(sampler: str, seed: int, study_name: str, max_concurrent: int
-                  ) -> ConcurrencyLimiter:
-    """OptunaSearch with a seeded TPE or random sampler, limited to ``max_concurrent`` trials."""
-    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
-    searcher = OptunaSearch(metric=OBJECTIVE, mode="max", sampler=samplers[sampler](),
-                            study_name=study_name)
-    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+def make_searcher(sampler: str, seed: int, study_name: str, *, n_startup_trials: int = 10,
+                  multivariate: bool = False, storage: str | None = None) -> OptunaSearch:
+    """OptunaSearch over the study ``study_name`` (in the Optuna ``storage`` URL, else in
+    memory) with a seeded TPE or random sampler (:mod:`search.optuna_study`). Metric and mode
+    come from the TuneConfig; the concurrency limit from ``max_concurrent_trials`` alone."""
+    from .optuna_study import StudySearch, make_sampler
+    return StudySearch(sampler=make_sampler(sampler, seed, n_startup_trials, multivariate),
+                       study_name=study_name,
+                       storage=optuna.storages.RDBStorage(storage) if storage else None)
 
 
 def make_scheduler(name: str, grace_period: int, reduction_factor: float):
-    """ASHA on the per-epoch ID-val objective, or FIFO (no early stopping)."""
+    """ASHA on the per-epoch ID-val objective (metric and mode from the TuneConfig), or FIFO."""
     if name == "asha":
-        return ASHAScheduler(metric=OBJECTIVE, mode="max", time_attr="training_iteration",
-                             grace_period=grace_period, reduction_factor=reduction_factor)
+        return ASHAScheduler(time_attr="training_iteration", grace_period=grace_period,
+                             reduction_factor=reduction_factor)
     return FIFOScheduler()
 
 
 def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: str,
                sampler: str, seed: int, scheduler: str, grace_period: int,
                reduction_factor: float, num_samples: int, max_concurrent_trials: int,
-               callbacks: list, storage_path: Path) -> tune.Tuner:
-    """A Tuner over :func:`run_trial`; results and trial checkpoints live under storage_path."""
+               callbacks: list, storage_path: Path, n_startup_trials: int | None = None,
+               multivariate: bool = False, optuna_storage: str | None = None) -> tune.Tuner:
+    """A Tuner over :func:`run_trial`; results and trial checkpoints live under storage_path,
+    the Optuna study in ``optuna_storage`` (a URL; None: in memory). ``n_startup_trials``:
+    TPE's random start-up trials (None: :func:`search.space.startup_trials` of num_samples)."""
     setup = replace(setup, storage_path=str(storage_path))
     trainable = make_trainable(setup)
     plan = setup.plan
+    n_startup_trials = startup_trials(n_startup_trials, num_samples)
+    if sampler == "tpe" and param_space and num_samples <= n_startup_trials:
+        log.warning("num_samples %d <= n_startup_trials %d: every TPE trial is random; raise "
+                    "num_samples or lower search.n_startup_trials", num_samples, n_startup_trials)
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             # every parameter fixed (e.g. --set lr=1e-4): nothing for Optuna to sample (it would
             # raise), so Tune's default generator repeats the one configuration num_samples times
-            search_alg=(make_searcher(sampler, seed, study_name, max_concurrent_trials)
+            search_alg=(make_searcher(sampler, seed, study_name,
+                                      n_startup_trials=n_startup_trials,
+                                      multivariate=multivariate, storage=optuna_storage)
                         if param_space else None),
             scheduler=make_scheduler(scheduler, grace_period, reduction_factor),
+            # named here, so ResultGrid.get_best_result() and the progress table know it
+            metric=OBJECTIVE, mode="max",
             num_samples=num_samples, max_concurrent_trials=max_concurrent_trials,
             # Reusing the trial actor keeps torch and open_clip loaded from one trial to the
             # next. Safe only when training runs in the actor: ASHA's stop then ends the trial
