@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{raw[key]['wise_alpha']:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
             raw_path.write_text(json.dumps(raw, indent=1))
     rows, spread, frontier = {}, {}, []
+    zeroshot: dict[str, float] | None = None     # a method that trains nothing: θ_zs
     for method in args.methods:
         runs = [v for k, v in raw.items() if k.split("/")[0] == method]
         if not runs:
@@ -140,11 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             frontier.append({"trial_id": method,
                              "curve": wise_curve({f"wise_curve/{k}": v
                                                   for k, v in curve_mean.items()}),
-                             "selected_alpha": statistics.fmean(alphas)})
+                             "selected_alpha": statistics.fmean(alphas),
+                             "metrics": {**{f"ft/{k}": v for k, v in mean.items()},
+                                         **{f"wise/{k}": v for k, v in wmean.items()}}})
+        else:
+            zeroshot = mean
     table = format_table(rows, spread, markdown=True)
     from .plots import study_frontier_png
     plot = study_frontier_png(frontier, args.output / "frontier.png",
-                              title="ID–OOD frontier across methods (mean over seeds)")
+                              title="ID–OOD frontier across methods (mean over seeds)",
+                              zeroshot=zeroshot)
     grid = " ".join(f"{a:g}" for a in args.wise_grid)
     header = (f"Command: `python -m search.report --seeds {' '.join(map(str, args.seeds))} "
               f"--wise-grid {grid}`  \n"

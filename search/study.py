@@ -195,6 +195,7 @@ class Study:
         try:
             zeroshot = self.parts.evaluator.evaluate(self.parts.model, method,
                                                      self.parts.evaluator.report_sets)
+            recorder.log_pretrained(zeroshot)   # α = 0 of every trial's WiSE table
             trials: list[dict[str, Any]] = []
             if not method.trains_nothing:
                 trials = self._tune(recorder)
