@@ -84,13 +84,17 @@ def aggregate(runs: list[dict[str, float]], prefix: str) -> tuple[dict[str, floa
     return mean, std
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m search.report", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    from .cli_help import Parser
+    p = Parser(prog="python -m search.report", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, help="dataset spec (default: the embedded world)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED)
-    p.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
+    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                   help="open_clip pretrained tag or a local .safetensors file")
+    p.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER, metavar="METHOD",
+                   help="methods to train, each at its defaults, one row (and WiSE row) each")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="seeds per method; the table shows mean ± std over them")
     p.add_argument("--output", type=Path, default=Path("runs/report"),
                    help="where raw results (results.json), the table and the plot go; finished "
                         "runs found there are reused, so an interrupted report resumes")
@@ -99,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--table-only", action="store_true",
                    help="write the table and plot from results.json without training")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data is None:
