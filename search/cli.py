@@ -120,4 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "lr='{loguniform: [1e-5, 1e-3]}' re-ranges it) or a setting "
                         "(search.num_samples=3, wise.strategy=golden); repeatable")
     p.add_argument("--quiet", action="store_true", help="less Ray progress output")
+    p.add_argument("--verbose", action="store_true",
+                   help="INFO messages of the libraries too (open_clip, MLflow, Ray)")
     return p

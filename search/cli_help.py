@@ -50,3 +50,21 @@ def method_names() -> list[str]:
     """The registered methods (``trainables.methods.METHODS``), for ``choices=``."""
     from trainables.methods import METHODS
     return sorted(METHODS)
+
+
+#: the project's loggers: INFO on the console; everything else (open_clip logs to the root
+#: logger, MLflow, Ray's library loggers) WARNING unless --verbose
+PROJECT_LOGGERS = ("search", "trainables")
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Console logging of a command: the project's own loggers at INFO (WARNING with
+    ``quiet``), every other logger at WARNING (INFO with ``verbose``)."""
+    import logging
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+    if not verbose:
+        for name in ("mlflow", "alembic", "open_clip"):
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="open_clip pretrained tag or a local .safetensors file")
     p.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER, metavar="METHOD",
-                   help="methods to train, each at its defaults, one row (and WiSE row) each")
+                   help=f"methods to train ({', '.join(ORDER)}), each at its defaults, one row (and WiSE row) each")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds per method; the table shows mean ± std over them")
     p.add_argument("--output", type=Path, default=Path("runs/report"),

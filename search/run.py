@@ -6,13 +6,13 @@ val), build model soups of the finished trials, and record everything in MLflow 
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 
 from .cli import UsageError, build_parser, fail, parse_set
+from .cli_help import configure_logging
 
 EXIT_FAILED = 1   # the study ran but every trial failed (bad input exits 2, before anything runs)
 
@@ -28,8 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     # Tune saves its experiment and searcher state at most every 10 s by default; every 2 s means
     # a killed driver loses no trial it had started, so --resume continues every one of them.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Tune forces an experiment-state snapshot whenever a trial has saved num_to_keep
+    # (--keep-checkpoints, 1) checkpoints since the last one, so that a resumed study never points
+    # at a checkpoint already deleted; with a checkpoint every epoch that is every epoch of every
+    # trial, which is what --resume needs, and Tune's "snapshotting has been triggered multiple
+    # times" warning about it says nothing to act on: it is turned off (0), not the snapshots.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    configure_logging(args.quiet, args.verbose)
     from .study import Study, StudyError, StudyFailed
 
     try:

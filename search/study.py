@@ -343,18 +343,27 @@ class Study:
         if "finetuned" in summary["metrics"]:
             rows["fine-tuned (α=1)"] = summary["metrics"]["finetuned"]
             rows[f"WiSE (α={summary['selected_alpha']:.2f})"] = summary["metrics"]["wise"]
-        for name, soup in (summary.get("soups") or {}).items():
-            rows[f"{name} soup ({len(soup['trials'])})"] = soup["soup"]
+        soups = summary.get("soups") or {}
+        for name, soup in soups.items():
+            rows[f"{name} soup ({len(soup['trials'])} trials)"] = soup["soup"]
             rows[f"{name} soup + WiSE (α={soup['selected_alpha']:.2f})"] = soup["wise"]
         print()
-        print(f"Study {self.name}: method {self.setup.method}, {summary['trials']} "
-              f"in {wall_s:.0f}s")
+        t = summary["trials"]
+        print(f"Study {self.name}: method {self.setup.method}, {t['total']} trials "
+              f"({t['finished']} finished, {t['stopped_early']} stopped early by the scheduler, "
+              f"{t['failed']} failed) in {wall_s:.0f} s")
         for trial_id, error in (summary.get("errors") or {}).items():
             print(f"Failed trial {trial_id}: {error}")
         if "best_trial" in summary:
+            from .tracking import trial_run_name
             print(f"Best trial {summary['best_trial']} (selected on ID val): "
-                  f"{json.dumps(summary['best_params'], default=str)}")
+                  + trial_run_name(summary["best_trial"], summary["best_params"]).partition(" ")[2])
+        print("Top-1 accuracy in % (ID test, each shift and their mean, zero-shot sets):")
         print(format_table(rows))
+        same = [sorted(s["trials"]) for s in soups.values()]
+        if len(same) == 2 and same[0] == same[1]:
+            print(f"The {' and '.join(soups)} soups took the same {len(same[0])} trials "
+                  "(the greedy soup kept every candidate): one model, the same numbers.")
         print(f"\nSummary: {self.output / 'summary.json'}")
         uri = self.tracking_uri
         print(f"MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
