@@ -66,5 +66,11 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
     if not verbose:
+        import os
+        # MLflow sets its own logger's level when it is imported (MLFLOW_LOGGING_LEVEL, INFO);
+        # Optuna its own when first used: both are told, not only their loggers
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("mlflow", "alembic", "open_clip"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)

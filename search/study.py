@@ -345,7 +345,8 @@ class Study:
             rows[f"WiSE (α={summary['selected_alpha']:.2f})"] = summary["metrics"]["wise"]
         soups = summary.get("soups") or {}
         for name, soup in soups.items():
-            rows[f"{name} soup ({len(soup['trials'])} trials)"] = soup["soup"]
+            n = len(soup["trials"])
+            rows[f"{name} soup ({n} trial{'s' if n != 1 else ''})"] = soup["soup"]
             rows[f"{name} soup + WiSE (α={soup['selected_alpha']:.2f})"] = soup["wise"]
         print()
         t = summary["trials"]

@@ -203,13 +203,13 @@ def trial_defaults(resolved_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _log_dataset(client: MlflowClient, run_id: str, spec: Path) -> None:
     """The data spec (a file or a generated folder) as the run's MLflow dataset input."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
-    # MetaDataset wants a source object; a local path is recorded as its file:// URL.
-    source = HTTPDatasetSource(url=spec.resolve().as_uri())
-    dataset = MetaDataset(source=source, name=spec.stem or spec.name)
+    # a local path resolves to MLflow's "local" dataset source
+    dataset = MetaDataset(source=resolve_dataset_source(str(spec.resolve())),
+                          name=spec.stem or spec.name)
     client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
                                             [InputTag("mlflow.data.context", "train")])])
 
@@ -228,7 +228,8 @@ def results_note(study_name: str, table: Mapping[str, Any], best: Mapping[str, A
         rows[f"WiSE (α*={alpha:.2f})"] = dict(table["wise"])
     for kind, entry in soups.items():
         if isinstance(entry, Mapping) and isinstance(entry.get("soup"), Mapping):
-            rows[f"{kind} soup ({len(entry.get('trials', []))} trials)"] = dict(entry["soup"])
+            n = len(entry.get("trials", []))
+            rows[f"{kind} soup ({n} trial{'s' if n != 1 else ''})"] = dict(entry["soup"])
             if isinstance(entry.get("wise"), Mapping):
                 rows[f"{kind} soup + WiSE (α*={entry['selected_alpha']:.2f})"] = dict(entry["wise"])
     head = f"**Study {study_name}**" + (f", chosen trial `{best_id}` (selected on ID val)"
@@ -522,12 +523,18 @@ class MlflowTuneCallback(Callback):
                     self.client.update_run(run_id, status="RUNNING")
                     self.client.set_tag(run_id, "reopened", "trial resumed with the study")
             else:
-                name = trial_run_name(trial_id, dict(trial.config))
+                name = self._name(trial)
                 run_id = self.client.create_run(parent.info.experiment_id, run_name=name, tags={
                     PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, KIND_TAG: "trial",
                     STUDY_TAG: self.study_name}).info.run_id
             self._runs[trial_id] = run_id
         return self._runs[trial_id]
+
+    def _name(self, trial: Any, alpha: float | None = None) -> str:
+        # Tune numbers its trials in experiment_tag ("3_lr=0.0006,..."); its trial id is a hash
+        number = str(getattr(trial, "experiment_tag", "")).partition("_")[0]
+        return trial_run_name(str(trial.trial_id), dict(trial.config), alpha,
+                              int(number) if number.isdigit() else None)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         _log_params(self.client, self.run_id(trial), {**self.trial_defaults, **trial.config})
@@ -552,7 +559,7 @@ class MlflowTuneCallback(Callback):
         if curve:
             table = curve_table(curve, metrics_of(result), self.zeroshot)
             self.client.log_table(run_id, table, "wise_curve.json")
-            title = f"WiSE-FT of {trial_run_name(str(trial.trial_id), {})}"
+            title = f"WiSE-FT of {self._name(trial, alpha)}"
             _log_png(self.client, run_id, lambda t, a, p: wise_curve_png(t, a, p, title),
                      "wise_curve.png", table, alpha)
             full = {a: {k: table[k][i] for k in table if k != "alpha" and table[k][i] == table[k][i]}
@@ -560,8 +567,7 @@ class MlflowTuneCallback(Callback):
             _log_png(self.client, run_id, lambda c, a, p: trial_frontier_png(c, a, p, title),
                      "frontier.png", dict(sorted(full.items())), alpha)
         if alpha is not None:
-            self.client.update_run(run_id, name=trial_run_name(str(trial.trial_id),
-                                                                dict(trial.config), alpha))
+            self.client.update_run(run_id, name=self._name(trial, alpha))
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

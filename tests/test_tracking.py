@@ -156,7 +156,8 @@ def test_study_parent_children_metrics_and_artifacts(client: MlflowClient, tmp_p
     assert parent.data.params["lr"] == "0.001" and parent.data.params["method"] == "ft"
     assert parent.data.params["space/lr"] == "0.001" and parent.data.params["wd"] == "0.1"
     assert parent.data.tags["data_spec"] == str(tmp_path / "data.json")
-    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["data"]
+    (dataset,) = parent.inputs.dataset_inputs
+    assert dataset.dataset.name == "data" and dataset.dataset.source_type == "local"
     metrics = parent.data.metrics
     # one namespace: the study run holds the chosen trial's values under the trial's names
     final_names = set(done.data.metrics) - {"id_val/acc", "train/loss"}   # per-epoch only
