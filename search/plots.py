@@ -156,9 +156,11 @@ def study_frontier_png(trials: Sequence[Mapping[str, Any]], path: str | Path,
                     zorder=5, label="zero-shot (α=0)")
     markers = ["P", "X", "D", "^", "v", "<"]
     for j, s in enumerate(data["soups"]):
-        rep.scatter(*s["xy"], marker=markers[j % len(markers)], s=130, color="black",
-                    facecolors="none" if s["offset"] else "black", zorder=6,
-                    label=s["label"] + (" (same point)" if s["offset"] else ""))
+        # hollow, so a trial's point under a soup (a greedy soup of one trial) stays visible;
+        # growing with each soup already on the same point, so coinciding soups stay apart
+        rep.scatter(*s["xy"], marker=markers[j % len(markers)], s=130 + 120 * s["offset"],
+                    facecolors="none", edgecolors="black", linewidths=1.4, zorder=6,
+                    label=s["label"] + (" (same point as above)" if s["offset"] else ""))
     sel.scatter([], [], s=70, facecolors="none", edgecolors="black", label="α* selected on ID val")
     rep.scatter([], [], marker="s", s=30, color="0.5", label="fine-tuned (α=1)")
     rep.scatter([], [], marker="o", s=30, color="0.5", label="WiSE (α*)")

@@ -32,6 +32,7 @@ from .plots import study_frontier_png, trial_frontier_png, wise_curve_png
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CURVE_PREFIX = "wise_curve/"
 MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
 #: Ray's bookkeeping keys in a result (ray.tune.result.AUTO_RESULT_KEYS and friends): not metrics
@@ -207,9 +208,13 @@ def _log_dataset(client: MlflowClient, run_id: str, spec: Path) -> None:
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    # a local path resolves to MLflow's "local" dataset source
-    dataset = MetaDataset(source=resolve_dataset_source(str(spec.resolve())),
-                          name=spec.stem or spec.name)
+    import warnings
+    # a local path resolves to MLflow's "local" dataset source; MLflow warns that a path could
+    # also be read by other (here: unused) registered sources, and picks the local one
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        source = resolve_dataset_source(str(spec.resolve()))
+    dataset = MetaDataset(source=source, name=spec.stem or spec.name)
     client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
                                             [InputTag("mlflow.data.context", "train")])])
 
@@ -255,7 +260,9 @@ class StudyRecorder:
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(
                                   experiment_name, artifact_location=None if artifact_location
-                                  is None else Path(artifact_location).resolve().as_uri()))
+                                  is None else Path(artifact_location).resolve().as_uri(),
+                                  # the UI then opens on the runs table, not the GenAI overview
+                                  tags={EXPERIMENT_KIND_TAG: "custom_model_development"}))
         self.parent_run_id: str | None = None
         self.trial_defaults: dict[str, Any] = {}        # every trial's constant configuration
         self.zeroshot: dict[str, float] = {}            # metrics of θ_zs (α = 0)
@@ -360,12 +367,11 @@ class StudyRecorder:
                                 for k, v in metrics_of(values).items()})
             elif not isinstance(values, Mapping):       # a flat metric of the whole study
                 metrics.update(tracked({row: values}))
-        soup_points, soup_tags = {}, {}
+        soup_tags = {}
         for kind, entry in soups.items():
             if not isinstance(entry, Mapping):
                 continue
             plain = entry["soup"] if isinstance(entry.get("soup"), Mapping) else entry
-            soup_points[kind] = metrics_of(plain)
             metrics.update({M.soup(kind, k): M.rounded(k, v) for k, v in metrics_of(plain).items()})
             if isinstance(entry.get("wise"), Mapping):
                 metrics.update({M.soup(kind, k, wise=True): M.rounded(k, v)
@@ -385,7 +391,7 @@ class StudyRecorder:
                   for t in frontier_points]
         _log_png(client, run_id, lambda t, s, p: study_frontier_png(
             t, p, s, zeroshot=self.zeroshot or table.get("zeroshot")), "study_frontier.png",
-            trials, soup_points)
+            trials, {k: v for k, v in soups.items() if isinstance(v, Mapping)})
         client.set_tag(run_id, "mlflow.note.content", results_note(
             self.study_name, table, best, soups, best_id))
         summary = {"study_name": self.study_name, "best": best, "table": table, "soups": soups,
@@ -413,7 +419,10 @@ def _frontier_trial(entry: Mapping[str, Any]) -> dict[str, Any]:
     if any(isinstance(k, str) for k in curve):  # flat wise_curve/... keys
         curve = wise_curve(curve)
     return {"trial_id": str(entry.get("trial_id", "")), "curve": curve,
-            "selected_alpha": entry.get("selected_alpha", metrics.get("wise_alpha"))}
+            "selected_alpha": entry.get("selected_alpha", metrics.get("wise_alpha")),
+            # the report panel's points: the trial at α = 1 and at α*
+            "metrics": {k: v for k, v in metrics.items()
+                        if k.startswith((f"{M.FINETUNED}/", f"{M.WISE}/"))}}
 
 
 def _json_default(value: Any) -> Any:
@@ -524,9 +533,11 @@ class MlflowTuneCallback(Callback):
                     self.client.set_tag(run_id, "reopened", "trial resumed with the study")
             else:
                 name = self._name(trial)
+                source = {k: v for k, v in parent.data.tags.items()     # same code, same user
+                          if k.startswith("mlflow.source.") or k == "mlflow.user"}
                 run_id = self.client.create_run(parent.info.experiment_id, run_name=name, tags={
                     PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, KIND_TAG: "trial",
-                    STUDY_TAG: self.study_name}).info.run_id
+                    STUDY_TAG: self.study_name, **source}).info.run_id
             self._runs[trial_id] = run_id
         return self._runs[trial_id]
 

@@ -122,6 +122,7 @@ def test_study_parent_children_metrics_and_artifacts(client: MlflowClient, tmp_p
     assert done.info.run_name == "trial-00 lr=1.0e-3 epochs=2 α*=0.60"
     assert done.data.tags["best"] == "true" and "best" not in runs["t_00001"].data.tags
     assert done.data.tags["wise_evaluations"] == "11"
+    assert done.data.tags["mlflow.source.git.commit"] == "abc1234"     # the study's code
     history = client.get_metric_history(done.info.run_id, "id_val/acc")
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.6), (2, 0.7)]
     assert "time_this_iter_s" not in done.data.metrics and "pid" not in done.data.metrics
