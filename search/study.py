@@ -310,18 +310,25 @@ class Study:
         parts = prepare(self.setup, best["config"], "cpu")
         ev: Evaluator = parts.evaluator
 
+        from tqdm import tqdm
+        bar = tqdm(desc="greedy soup: ID val of each candidate soup", unit="soup")
+
         def id_val_of(state) -> float:
             parts.model.load_state_dict(state)
+            bar.update()
             return ev.evaluate(parts.model, parts.method)[M.ID_VAL]
 
         top_k = self.space.soups.top_k if self.space else 3
         out = {}
         uni_ids, uni = uniform_soup(ingredients, top_k)
         greedy_ids, greedy, _ = greedy_soup(ingredients, id_val_of)
+        bar.close()
         done: dict[frozenset[str], dict[str, float]] = {}   # same ingredients, same soup
         for name, ids, state in (("uniform", uni_ids, uni), ("greedy", greedy_ids, greedy)):
             key = frozenset(ids)
             if key not in done:
+                log.info("%s soup of %d trials: WiSE selection on ID val, then the report sets",
+                         name, len(ids))
                 done[key] = wise_evaluation(parts, state, self.setup)
             result = done[key]
             out[name] = {"trials": ids, "selected_alpha": result["wise_alpha"],
