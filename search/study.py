@@ -327,7 +327,7 @@ class Study:
         for name, ids, state in (("uniform", uni_ids, uni), ("greedy", greedy_ids, greedy)):
             key = frozenset(ids)
             if key not in done:
-                log.info("%s soup of %d trials: WiSE selection on ID val, then the report sets",
+                log.info("%s soup of %d trial(s): WiSE selection on ID val, then the report sets",
                          name, len(ids))
                 done[key] = wise_evaluation(parts, state, self.setup)
             result = done[key]
