@@ -149,10 +149,10 @@ def study_frontier_png(trials: Sequence[Mapping[str, Any]], path: str | Path,
                             edgecolors="black" if c["best"] else "none", zorder=4 if c["best"]
                             else 3)
     if data["zero_shot_val"] is not None:
-        sel.scatter(*data["zero_shot_val"], marker="*", s=220, color="tab:green",
+        sel.scatter(*data["zero_shot_val"], marker="*", s=220, color="gold",
                     edgecolors="black", zorder=5, label="zero-shot (α=0)")
     if data["zero_shot"] is not None:
-        rep.scatter(*data["zero_shot"], marker="*", s=220, color="tab:green", edgecolors="black",
+        rep.scatter(*data["zero_shot"], marker="*", s=220, color="gold", edgecolors="black",
                     zorder=5, label="zero-shot (α=0)")
     markers = ["P", "X", "D", "^", "v", "<"]
     for j, s in enumerate(data["soups"]):
