@@ -51,6 +51,7 @@ from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, cre
 
 from .retrieval import (IndexSettings, embed_images, embed_texts, iter_shards, read_table,
                         retrieve, unique_candidates)
+from trainables.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ FORMAT = 2                          # bump when the cache layout or the algorith
 COUNTS: Counter = Counter()         # embed_images, embed_texts, caption, retrieve, extract, hit
 
 
-class AnchorError(ValueError):
+class AnchorError(InputError):
     """Bad input for anchor preparation; one line naming the problem and the fix."""
 
 

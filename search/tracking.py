@@ -27,6 +27,7 @@ from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
 from .plots import study_frontier_png, trial_frontier_png
+from trainables.errors import InputError
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -41,7 +42,7 @@ BOOKKEEPING = frozenset({
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
 
 
-class TrackingError(ValueError):
+class TrackingError(InputError):
     """The tracking store cannot be used; the one-line message names the URI and the fix."""
 
 

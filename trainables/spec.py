@@ -1,8 +1,8 @@
 """Dataset specs: the YAML format, parsed and checked once into a :class:`DataSpec`.
 
 
-A dataset spec is a YAML file (loaded with ``yaml.safe_load``); paths are relative to its folder
-(or to ``root: DIR`` when the spec names one)::
+A dataset spec is a YAML file (read by the bounded loader of ``trainables/yaml_io.py``); paths
+are relative to its folder (or to ``root: DIR`` when the spec names one)::
 
     name: my-benchmark
     id:
@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import open_clip
-import yaml
 
 from .errors import DataError
 from .sampling import NEW_SET, split_base_new
 from .scoring import Scoring, parse_metrics, subset_projection
 from .spec_env import expand_env
+from .yaml_io import YamlError, read_yaml
 
 Template = str | Callable[[str], str]
 SHIPPED_TEMPLATES: dict[str, Sequence[Template]] = {
@@ -223,9 +223,9 @@ def load_spec(path: str | Path) -> DataSpec:
     if not spec.is_file():
         raise DataError(f"dataset spec {spec} does not exist (pass --data with a spec YAML)")
     try:
-        raw = yaml.safe_load(spec.read_text())
-    except yaml.YAMLError as err:
-        raise DataError(f"{spec}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raw = read_yaml(spec)            # bounded: size, alias expansion, nesting
+    except YamlError as err:
+        raise DataError(str(err)) from None
     if isinstance(raw, dict) and "benchmark" in raw:
         from .benchmarks import build_spec
         return build_spec(expand_env(raw, spec), spec)

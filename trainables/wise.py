@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 import torch
+from .errors import InputError
 
 
-class WiseError(ValueError):
+class WiseError(InputError):
     """State dicts that cannot be interpolated; the message says which keys differ."""
 
 
