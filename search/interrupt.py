@@ -15,6 +15,7 @@ which ``--resume`` recovers (tests/test_reliability.py, test_killed_driver_resum
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -53,6 +54,13 @@ def install(second_message: str = "") -> None:
         signal.signal(sig, _handler)
 
 
+def reinstall() -> None:
+    """Take SIGINT/SIGTERM back after ``ray.init``: Ray's core worker installs a C++ SIGTERM
+    handler in the driver (it prints a stack trace and aborts, seen with Ray 2.60)."""
+    for sig in SIGNALS:
+        signal.signal(sig, _handler)
+
+
 def _handler(signum: int, frame) -> None:
     first = _state["signum"]
     if first is not None:               # the second signal: stop now
@@ -65,6 +73,9 @@ def _handler(signum: int, frame) -> None:
           "step (send it again to stop at once)", file=sys.stderr, flush=True)
     tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
     if _state["in_fit"] and callable(tune_stop):
+        # Tune's own messages would say "Press CTRL+C to skip" and "Resume experiment with:
+        # Tuner.restore(...)"; the line printed at exit gives the right command instead
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
         tune_stop(signal.SIGUSR1, frame)   # Tune's graceful stop; fit() then returns
         return
     raise Interrupted(signum)

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         held = lock.probe(args.output)        # a running study on this --output: stop now
         overrides = parse_set(args.overrides)
         study = Study.from_args(args, overrides, default_data=_default_data)
+        interrupt.reinstall()                 # ray.init replaced the SIGTERM handler
         held = lock.acquire(study.output, held)
         if not args.resume and state_path(study.output, study.name).exists():
             raise UsageError(f"{study.output} already holds study {study.name!r} (started while "

@@ -102,3 +102,29 @@ def test_sigterm_then_a_second_signal_stops_at_once(tmp_path, data):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     assert client.search_experiments()                 # the store opens: not corrupted
     lock.acquire(out).release()
+
+
+_OUTSIDE_FIT = """
+import os, signal, sys
+from search import interrupt
+interrupt.install("bye")
+try:
+    os.kill(os.getpid(), signal.SIG{name})
+    signal.pause()           # the handler raises before this returns
+except interrupt.Interrupted as stop:
+    print(stop.exit_code, interrupt.received() == signal.SIG{name}, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)     # a second signal: os._exit at once
+"""
+
+
+@pytest.mark.parametrize("name, code", [("INT", 130), ("TERM", 143)])
+def test_signal_outside_tune_raises_then_second_signal_exits(name, code):
+    """Outside Tuner.fit() the first signal raises Interrupted (exit status 128 + signal); the
+    second ends the process at once with that status."""
+    import subprocess
+    from pathlib import Path
+    proc = subprocess.run([sys.executable, "-c", _OUTSIDE_FIT.format(name=name)],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout.split() == [str(code), "True"], proc.stderr
+    assert proc.returncode == code and proc.stderr.strip().splitlines()[-1].endswith("bye")
