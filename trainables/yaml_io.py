@@ -89,7 +89,11 @@ def load_yaml(text: str | bytes, what: str) -> Any:
         raise YamlError(f"{what}: {len(text)} bytes is more than the {MAX_BYTES} a YAML input may "
                         "have; fix: list large data in CSV manifests, not inline")
     try:
-        return yaml.load(text, Loader=BoundedLoader)   # noqa: S506 - a SafeLoader subclass
+        loader = BoundedLoader(text)      # what yaml.safe_load does, with the bounded loader
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except YamlError as err:
         raise YamlError(f"{what}: {err}; fix: write the values out, or use fewer aliases"
                         ) from None
