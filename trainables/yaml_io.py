@@ -11,6 +11,7 @@ can take. Every refusal is a :class:`YamlError` (an :class:`~trainables.errors.I
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ def read_yaml(path: str | Path, what: str | None = None) -> Any:
     what = what or str(path)
     try:
         with path.open("rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
+            data = fh.read(min(os.fstat(fh.fileno()).st_size, MAX_BYTES) + 1)
     except OSError as err:
         raise YamlError(f"{what}: cannot read it ({err.strerror or err}); fix: pass a readable "
                         "file") from None
