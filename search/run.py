@@ -44,9 +44,12 @@ class _ProjectInfoOnly(logging.Filter):
 
 
 def configure_logging(quiet: bool) -> None:
+    """The console handler (when none is configured yet: a caller's own handlers, such as
+    pytest's, are left alone) shows the project's INFO progress and everyone's warnings."""
+    fresh = not logging.getLogger().handlers
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
+    for handler in logging.getLogger().handlers if fresh else ():
         handler.addFilter(_ProjectInfoOnly())
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)

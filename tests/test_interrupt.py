@@ -39,7 +39,7 @@ def test_sigint_stops_cleanly_and_the_printed_command_resumes(tmp_path, data):
                   ROBUST_SEARCH_FAULT_DIR=str(faults))
     try:
         _paused_worker(faults, 1, out, proc)       # trial 0 finished, trial 1 mid-way
-        os.kill(proc.pid, signal.SIGINT)            # the driver only, as `kill -INT` would
+        os.killpg(proc.pid, signal.SIGINT)          # its process group, as Ctrl-C in a terminal
         code = proc.wait(timeout=300)
     finally:
         _cleanup(proc)
