@@ -46,12 +46,12 @@ import torch
 import yaml
 
 from trainables.data import read_pairs, read_samples
+from trainables.errors import InputError
 from trainables.spec import DataSpec, Split, load_spec
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, create_clip
 
 from .retrieval import (IndexSettings, embed_images, embed_texts, iter_shards, read_table,
                         retrieve, unique_candidates)
-from trainables.errors import InputError
 
 log = logging.getLogger(__name__)
 

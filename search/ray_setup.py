@@ -14,8 +14,9 @@ from typing import Callable
 
 import ray
 
-from .trial import StudySetup
 from trainables.errors import InputError
+
+from .trial import StudySetup
 
 
 class ResourceError(InputError):

@@ -44,8 +44,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from trainables.data import load_image
-from trainables.models import ClipBundle
 from trainables.errors import InputError
+from trainables.models import ClipBundle
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from trainables import metrics as M
 from trainables.spec import load_spec
 from trainables.evaluate import Evaluator
 from trainables.methods import get_method_class
+from trainables.errors import InputError
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 from .trial import FINAL, OBJECTIVE, RunParts, StudySetup, prepare, wise_evaluation
-from trainables.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,9 @@ class Study:
 
     # --- running ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from .tracking import StudyRecorder, ensure_tracking
-
         from .interrupt import Interrupted
         from .resume import write_state
+        from .tracking import StudyRecorder, ensure_tracking
 
         method = self.parts.method
         self.output.mkdir(parents=True, exist_ok=True)

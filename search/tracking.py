@@ -26,8 +26,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
-from .plots import study_frontier_png, trial_frontier_png
 from trainables.errors import InputError
+
+from .plots import study_frontier_png, trial_frontier_png
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
 PARENT_TAG = "mlflow.parentRunId"

@@ -12,6 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
+
 from .errors import InputError
 
 

@@ -20,6 +20,7 @@ import open_clip
 import torch
 from safetensors import SafetensorError
 from torch import nn
+
 from .errors import InputError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 import torch
+
 from .errors import InputError
 
 
