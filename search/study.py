@@ -12,7 +12,7 @@ import math
 import os
 import re
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ from trainables import metrics as M
 from trainables.spec import load_spec
 from trainables.evaluate import Evaluator
 from trainables.methods import get_method_class
+from trainables.errors import InputError
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 from .trial import FINAL, OBJECTIVE, RunParts, StudySetup, prepare, wise_evaluation
@@ -27,7 +28,7 @@ from .trial import FINAL, OBJECTIVE, RunParts, StudySetup, prepare, wise_evaluat
 log = logging.getLogger(__name__)
 
 
-class StudyError(ValueError):
+class StudyError(InputError):
     """Bad input found before the study started; one line, naming the problem and the fix."""
 
 
@@ -101,6 +102,7 @@ class Study:
     parts: RunParts              # driver-side model/data/evaluator (zero-shot eval, soups)
     optuna_storage: str = ""     # the Optuna study's storage URL (search/optuna_study.py)
     warm_start: tuple[list[dict[str, Any]], str] = ([], "")   # (configurations, source label)
+    inputs: dict[str, Any] = field(default_factory=dict)   # compared by --resume (resume.py)
 
     # --- validation -------------------------------------------------------------------------
     @classmethod
@@ -131,11 +133,14 @@ class Study:
         if study_dir.exists() and not args.resume:
             raise StudyError(f"{output} already holds study {name!r}: pass --resume to "
                              "continue it, or choose another --output")
-        # A driver killed before Tune saved its state leaves the MLflow store (and maybe an empty
-        # study folder) but no tuner.pkl: --resume then starts the trials afresh (see _tune).
-        if args.resume and not (study_dir.exists() or (output / "mlflow.db").exists()):
-            raise StudyError(f"--resume: no study {name!r} under {output} to resume "
-                             "(drop --resume to start one)")
+        # A driver killed before Tune saved its state leaves the study folder (its study.json)
+        # but no tuner.pkl: --resume then starts the trials afresh (see _tune).
+        if args.resume and not study_dir.exists():
+            from .resume import stored_studies
+            held = stored_studies(output)
+            raise StudyError(f"--resume: no study {name!r} under {output} to resume"
+                             + (f" (it holds {', '.join(held)}: pass that study's --method and "
+                                "--study-name)" if held else " (drop --resume to start one)"))
         from trainables.benchmarks import resolve_data   # a spec file, or a built-in name
         data = resolve_data(args.data) if args.data else default_data()
         load_spec(data)
@@ -162,6 +167,16 @@ class Study:
             setup.plan                          # e.g. --trial-runner actor with 2 workers
         except ValueError as err:
             raise StudyError(str(err)) from None
+        from .resume import check_resume, study_inputs
+        from .space import space_as_dict
+        inputs = study_inputs(
+            method=args.method, space=space_as_dict(space) if space else None,
+            data=str(data), model=setup.model, pretrained=setup.pretrained,
+            num_samples=num_samples, seed=seed, max_concurrent=max_conc,
+            workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+            trial_runner=args.trial_runner, experiment=args.experiment)
+        if args.resume:     # differences are errors; a finished study raises NothingToDo
+            check_resume(output, name, inputs)
         data = _with_anchors(setup, method_cls, output)
         setup = replace(setup, data=str(data))
         parts = prepare(setup, {}, "cpu")       # checks weights/architecture/data together
@@ -175,14 +190,17 @@ class Study:
         # sqlite store on a multi-node cluster
         init_ray(args.address, setup, max_conc, tracking_uri=tracking_uri)
         return cls(args, setup, space, name, output, tracking_uri, num_samples, max_conc, seed,
-                   parts, optuna_storage=optuna_storage, warm_start=warm_start)
+                   parts, optuna_storage=optuna_storage, warm_start=warm_start, inputs=inputs)
 
     # --- running ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from .interrupt import Interrupted
+        from .resume import write_state
         from .tracking import StudyRecorder, ensure_tracking
 
         method = self.parts.method
         self.output.mkdir(parents=True, exist_ok=True)
+        write_state(self.output, self.name, self.inputs, "running")
         ensure_tracking(self.tracking_uri)
         recorder = StudyRecorder(
             self.tracking_uri, self.args.experiment, self.name,
@@ -199,10 +217,16 @@ class Study:
             if not method.trains_nothing:
                 trials = self._tune(recorder)
             summary = self._summarise(zeroshot, trials, recorder, parent)
+        except Interrupted as stop:     # Ctrl-C / SIGTERM: KILLED runs, no summary; --resume
+            from .interrupt_mlflow import mark_killed
+            mark_killed(recorder, f"interrupted by {stop}; continue with --resume")
+            raise
         except Exception as err:        # the driver itself failed: say so on the parent run
             recorder.fail(f"{type(err).__name__}: {err}")
             raise
         atomic_write_json(self.output / "summary.json", summary)
+        write_state(self.output, self.name, self.inputs,
+                    "failed" if "error" in summary else "finished")
         if "error" in summary:
             raise StudyFailed(summary["error"])
         return summary
@@ -240,7 +264,9 @@ class Study:
                                storage_path=storage, n_startup_trials=s.n_startup_trials,
                                multivariate=s.multivariate,
                                optuna_storage=self.optuna_storage or None)
-        grid = tuner.fit()
+        from .interrupt import tune_running
+        with tune_running():            # a signal stops Tune gracefully, then raises Interrupted
+            grid = tuner.fit()
         trials = []
         for result in grid:
             metrics = dict(result.metrics or {})

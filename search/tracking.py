@@ -26,6 +26,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
+from trainables.errors import InputError
+
 from .plots import study_frontier_png, trial_frontier_png
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
@@ -41,7 +43,7 @@ BOOKKEEPING = frozenset({
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
 
 
-class TrackingError(ValueError):
+class TrackingError(InputError):
     """The tracking store cannot be used; the one-line message names the URI and the fix."""
 
 

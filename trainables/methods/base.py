@@ -189,8 +189,9 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def get_method_class(name: str) -> type[Method]:
-    """The registered class for ``name``; unknown names raise ValueError listing the choices."""
+    """The registered class for ``name``; unknown names raise InputError listing the choices."""
+    from ..errors import InputError
     try:
         return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}: choose one of {sorted(METHODS)}") from None
+    except (KeyError, TypeError):
+        raise InputError(f"unknown method {name!r}: choose one of {sorted(METHODS)}") from None
