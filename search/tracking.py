@@ -279,10 +279,13 @@ class StudyRecorder:
 
 def log_model(tracking_uri: str, run_id: str, folder: Path, register_as: str | None,
               info: Mapping[str, Any]) -> dict[str, Any]:
-    """Log the model folder on run ``run_id`` as an MLflow pyfunc model (``clipmodel.pyfunc``,
-    with the ``clipmodel`` package as its code, a signature and an input example) and, unless
+    """Log the model folder on run ``run_id`` as an MLflow pyfunc model and, unless
     ``register_as`` is None, register it under that name in the Model Registry. Returns
     ``{mlflow_model_uri, registered_model, version}``.
+
+    The pyfunc (``clipmodel.pyfunc``) is logged as code, ``clipmodel/mlflow_model.py`` with the
+    ``clipmodel`` package (nothing pickled), with an input/output signature and an input example
+    (one encoded image).
 
     MLflow's ``log_model`` is fluent (it logs on the active run of the tracking URI in effect):
     the URI is set through the environment for this call only, and the finished parent run is
@@ -301,8 +304,9 @@ def log_model(tracking_uri: str, run_id: str, folder: Path, register_as: str | N
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
     from mlflow.types.schema import Array, ColSpec, Schema
-    from clipmodel.pyfunc import ARTIFACT, ClipClassifierModel
+    from clipmodel.pyfunc import ARTIFACT
 
+    package = Path(clipmodel.__file__).parent
     signature = ModelSignature(
         inputs=Schema([ColSpec(DataType.string, "path", required=False),
                        ColSpec(DataType.binary, "image", required=False)]),
@@ -319,9 +323,8 @@ def log_model(tracking_uri: str, run_id: str, folder: Path, register_as: str | N
                                       "MLFLOW_REGISTRY_URI": tracking_uri}):
         with mlflow.start_run(run_id=run_id):
             model = mlflow.pyfunc.log_model(
-                name="model", python_model=ClipClassifierModel(),
-                artifacts={ARTIFACT: str(folder)},
-                code_paths=[str(Path(clipmodel.__file__).parent)],
+                name="model", python_model=str(package / "mlflow_model.py"),
+                artifacts={ARTIFACT: str(folder)}, code_paths=[str(package)],
                 signature=signature, input_example=pd.DataFrame({"image": [example.getvalue()]}),
                 pip_requirements=requirements, registered_model_name=register_as,
                 metadata={"classes": list(info["classes"]), "alpha": info["alpha"],
