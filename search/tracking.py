@@ -330,7 +330,7 @@ def log_model(tracking_uri: str, run_id: str, folder: Path, register_as: str | N
                 metadata={"classes": list(info["classes"]), "alpha": info["alpha"],
                           "method": info["method"], "source": info["source"]})
     return {"mlflow_model_uri": model.model_uri, "registered_model": register_as,
-            "version": None if register_as is None else model.registered_model_version}
+            "version": None if register_as is None else int(model.registered_model_version)}
 
 
 def _frontier_trial(entry: Mapping[str, Any]) -> dict[str, Any]:
