@@ -245,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainables.errors import DataError
     from .study import code_version
     try:
         output = args.output.expanduser().resolve()
@@ -267,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{sorted(t['trial_id'] for t in trials)}")
             source = trial_source(match[0], args.alpha)
         info = export_model(setup, source, args.to, summary, code_version())
-    except (ExportError, DataError, model_folder.FolderError) as err:
-        fail(str(err))
+    except (ValueError, FileNotFoundError) as err:   # ExportError, DataError, FolderError,
+        fail(str(err))                                 # ModelError: bad input, one line
     acc = info["metrics"]["exported"].get(M.ID_TEST)
     print(f"Exported {source.kind} {source.name} at α = {source.alpha:.2f} to "
           f"{args.to.expanduser().absolute()} (ID test accuracy {acc:.2f}%)")
