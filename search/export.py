@@ -109,9 +109,10 @@ def chosen_source(summary: dict[str, Any], trials: list[dict[str, Any]]) -> Sour
 
 
 def export_model(setup: StudySetup, source: Source, target: Path, summary: dict[str, Any],
-                 code_version: str) -> dict[str, Any]:
+                 code_version: str, chosen_by: str = "search.export") -> dict[str, Any]:
     """Rebuild ``source`` at its α, evaluate it for the card and write the folder ``target``.
-    Returns the model's metadata (as stored in model.json)."""
+    ``chosen_by`` says who picked it (the card says so). Returns the model's metadata (as
+    stored in model.json)."""
     if not 0.0 <= source.alpha <= 1.0:
         raise ExportError(f"--alpha {source.alpha} is outside [0, 1] (0 = zero-shot, 1 = "
                           "fine-tuned)")
@@ -137,6 +138,7 @@ def export_model(setup: StudySetup, source: Source, target: Path, summary: dict[
     info = {
         "study": summary.get("study"), "method": setup.method, "source": source.kind,
         "name": source.name, "trials": source.trial_ids, "alpha": source.alpha,
+        "chosen_by": chosen_by,
         "hyperparameters": {**setup.base_params, **source.config},
         "data": {"name": spec.name, "spec": setup.data}, "templates": list(spec.templates),
         "pretrained": {"model": setup.model, "weights": setup.pretrained},
@@ -163,16 +165,19 @@ def model_card(info: dict[str, Any], head_kind: str) -> str:
     alpha = info["alpha"]
     what = {"trial": f"trial {info['name']}", "zeroshot": "the zero-shot model",
             "soup": f"the {info['name']} soup of trials {', '.join(info['trials'])}"}[info["source"]]
+    weights = (f"weights `{info['pretrained']['weights']}`" if info["pretrained"]["weights"]
+               else "randomly initialised")
     rows = {"zero-shot (α = 0)": info["metrics"]["zeroshot"]}
     if info["metrics"]["alpha_1"]:
         rows["fine-tuned (α = 1)"] = info["metrics"]["alpha_1"]
     rows[f"this model (α = {alpha:.2f})"] = info["metrics"]["exported"]
     return f"""# {info['study']}: {info['method']} + WiSE-FT, α = {alpha:.2f}
 
-CLIP `{info['pretrained']['model']}` (weights `{info['pretrained']['weights']}`) fine-tuned with
+CLIP `{info['pretrained']['model']}` ({weights}) fine-tuned with
 `{info['method']}` on the data spec `{info['data']['name']}`: {what}, interpolated with the
-zero-shot weights at WiSE-FT α = {alpha:.2f} (θ = (1 − α)·θ_zs + α·θ_ft). Chosen on ID validation
-data only; the other sets are reported, not used. Code version `{info['code_version']}`;
+zero-shot weights at WiSE-FT α = {alpha:.2f} (θ = (1 − α)·θ_zs + α·θ_ft). Chosen by
+{info['chosen_by']}; OOD and zero-shot sets are reported, never used to choose. Code version
+`{info['code_version']}`;
 hyperparameters, classes and templates are in `model.json`.
 
 ## Results (top-1 accuracy, %)

@@ -265,7 +265,8 @@ class Study:
         from .tracking import log_model
         source = chosen_source(summary, trials)
         target = self.output / "model"
-        info = export_model(self.setup, source, target, summary, code_version())
+        info = export_model(self.setup, source, target, summary, code_version(),
+                            chosen_by="the study, on ID validation accuracy only")
         register = (None if getattr(self.args, "no_register", False)
                     else getattr(self.args, "register_model", None) or self.name)
         logged = log_model(self.tracking_uri, parent, target, register, info)
