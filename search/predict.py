@@ -4,7 +4,7 @@
 ``clipmodel.folder``, or an MLflow model URI (``models:/NAME/VERSION``, ``models:/m-…``,
 ``runs:/…``), loaded with ``mlflow.pyfunc.load_model`` from the tracking server or store given by
 ``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``). Images are files on the command line or the
-``path`` column of a CSV (paths relative to the CSV's folder); when the CSV has a ``label``
+``path`` column of a CSV (paths relative to ``--root``, default the CSV's folder); when the CSV has a ``label``
 column (class name or index) the accuracy is printed after the predictions.
 """
 from __future__ import annotations
@@ -24,8 +24,9 @@ class PredictError(ValueError):
     """Bad input to search.predict; one line naming the fix."""
 
 
-def read_csv(path: Path) -> tuple[list[str], list[str] | None]:
-    """(image paths, labels or None) of a ``path[,label]`` CSV; paths relative to its folder."""
+def read_csv(path: Path, root: Path | None = None) -> tuple[list[str], list[str] | None]:
+    """(image paths, labels or None) of a ``path[,label]`` CSV; paths relative to ``root``
+    (default: the CSV's folder)."""
     if not path.is_file():
         raise PredictError(f"--csv {path} not found")
     with path.open(newline="") as fh:
@@ -33,7 +34,8 @@ def read_csv(path: Path) -> tuple[list[str], list[str] | None]:
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise PredictError(f"{path}: needs a 'path' column (and optionally 'label')")
         rows = list(reader)
-    paths = [os.path.normpath(os.path.join(path.parent.absolute(), r["path"])) for r in rows]
+    base = (root or path.parent).expanduser().absolute()
+    paths = [os.path.normpath(os.path.join(base, r["path"])) for r in rows]
     labels = [r["label"] for r in rows] if "label" in reader.fieldnames else None
     return paths, labels
 
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a model folder (OUTPUT/model) or an MLflow URI (models:/NAME/VERSION)")
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--csv", type=Path, help="a CSV with a path column (and a label column)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="folder the CSV's paths are relative to (default: the CSV's folder; "
+                        "for a dataset spec's manifest, the spec's folder)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI for a models:/ URI (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bool(args.images) == bool(args.csv):
             raise PredictError("give image files or --csv FILE (one of the two)")
-        paths, labels = read_csv(args.csv) if args.csv else (list(args.images), None)
+        paths, labels = (read_csv(args.csv, args.root) if args.csv
+                         else (list(args.images), None))
         missing = [q for q in paths if not Path(q).is_file()]
         if missing:
             raise PredictError(f"image not found: {missing[0]} ({len(missing)} missing)")
