@@ -94,6 +94,7 @@ def write(target: str | Path, clip: nn.Module, arch: str, head_kind: str,
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        tmp.chmod(0o755)        # mkdtemp's 0700 would hide the model from other users
         preprocess_cfg = _json(dict(clip.visual.preprocess_cfg))
         (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(
             {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2))
