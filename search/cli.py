@@ -129,5 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the space: a parameter (lr=1e-4 fixes it; "
                         "lr='{loguniform: [1e-5, 1e-3]}' re-ranges it) or a setting "
                         "(search.num_samples=3, wise.strategy=golden); repeatable")
+    p.add_argument("--register-model", default=None, metavar="NAME",
+                   help="register the chosen model (OUTPUT/model, logged on the study's MLflow "
+                        "run) under NAME in the MLflow Model Registry (default: the study name)")
+    p.add_argument("--no-register", action="store_true",
+                   help="log the chosen model on the study's MLflow run without registering it")
     p.add_argument("--quiet", action="store_true", help="less Ray progress output")
     return p

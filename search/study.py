@@ -23,7 +23,8 @@ from trainables.methods import get_method_class
 from trainables.errors import InputError
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
-from .trial import FINAL, OBJECTIVE, RunParts, StudySetup, prepare, wise_evaluation
+from .trial import (FINAL, OBJECTIVE, RunParts, StudySetup, prepare, setup_dict,
+                    wise_evaluation)
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,14 @@ class Study:
         except Exception as err:        # the driver itself failed: say so on the parent run
             recorder.fail(f"{type(err).__name__}: {err}")
             raise
+        summary["setup"] = setup_dict(self.setup)      # what search.export rebuilds models from
+        if "error" not in summary:
+            try:
+                summary["export"] = self._export(summary, trials, parent)
+            except Exception as err:    # the trials are safe: write the summary, then fail loudly
+                summary["export"] = {"error": f"{type(err).__name__}: {err}"}
+                atomic_write_json(self.output / "summary.json", summary)
+                raise
         atomic_write_json(self.output / "summary.json", summary)
         write_state(self.output, self.name, self.inputs,
                     "failed" if "error" in summary else "finished")
@@ -267,18 +276,7 @@ class Study:
         from .interrupt import tune_running
         with tune_running():            # a signal stops Tune gracefully, then raises Interrupted
             grid = tuner.fit()
-        trials = []
-        for result in grid:
-            metrics = dict(result.metrics or {})
-            trials.append({"trial_id": metrics.get("trial_id", Path(result.path).name),
-                           "config": dict(result.config or {}), "metrics": metrics,
-                           "error": None if result.error is None else
-                           str(result.error).strip().splitlines()[-1][:500],
-                           # a worker group's checkpoint lives in Train's storage (its path
-                           # is a metric); a trial-actor run's in Tune's trial folder
-                           "checkpoint": metrics.get("checkpoint_path") or (
-                               result.checkpoint.path if result.checkpoint else None)})
-        return trials
+        return trial_records(grid)
 
     # --- after the study ----------------------------------------------------------------------
     def _summarise(self, zeroshot: dict[str, float], trials: list[dict[str, Any]], recorder,
@@ -323,6 +321,23 @@ class Study:
         recorder.finish(best=best, table=summary["metrics"], frontier_points=finished,
                         soups=summary.get("soups", {}), importances=importances)
         return summary
+
+    def _export(self, summary: dict[str, Any], trials: list[dict[str, Any]], parent: str
+                ) -> dict[str, Any]:
+        """Write the chosen model (ID val only) to OUTPUT/model, log it on the parent run as an
+        MLflow pyfunc model and register it (unless --no-register)."""
+        from .export import chosen_source, export_model
+        from .tracking import log_model
+        source = chosen_source(summary, trials)
+        target = self.output / "model"
+        info = export_model(self.setup, source, target, summary, code_version(),
+                            chosen_by="the study, on ID validation accuracy only")
+        register = (None if getattr(self.args, "no_register", False)
+                    else getattr(self.args, "register_model", None) or self.name)
+        logged = log_model(self.tracking_uri, parent, target, register, info)
+        return {"path": str(target), "source": source.kind, "name": source.name,
+                "alpha": source.alpha, M.ID_TEST: info["metrics"]["exported"].get(M.ID_TEST),
+                **logged}
 
     def _soups(self, finished: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
         from .soups import Ingredient, greedy_soup, uniform_soup
@@ -380,6 +395,14 @@ class Study:
             print(f"Best trial {summary['best_trial']} (selected on ID val): "
                   f"{json.dumps(summary['best_params'], default=str)}")
         print(format_table(rows))
+        export = summary.get("export") or {}
+        if export.get("path"):
+            registered = (f", registered as {export['registered_model']} version "
+                          f"{export['version']}" if export.get("registered_model") else "")
+            print(f"\nModel: {export['path']} ({export['source']} {export['name']} at α = "
+                  f"{export['alpha']:.2f}; MLflow {export['mlflow_model_uri']}{registered})")
+        elif export.get("error"):
+            print(f"\nModel export failed: {export['error']}")
         print(f"\nSummary: {self.output / 'summary.json'}")
         uri = self.tracking_uri
         print(f"MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
@@ -420,6 +443,23 @@ def _check_optuna(args: Any, space, setup: StudySetup, name: str, output: Path,
     count = min(num_samples, startup_trials(space.search.n_startup_trials, num_samples))
     return url, warm_start_points(warm, getattr(args, "warm_start_study", None), setup.method,
                                   optuna_distributions(searched), count)
+
+
+def trial_records(grid) -> list[dict[str, Any]]:
+    """One dict per trial of a Tune ``ResultGrid``: trial_id, config, metrics (its last result),
+    error (the last line, or None) and checkpoint (the folder of its last checkpoint, or None)."""
+    trials = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trials.append({"trial_id": metrics.get("trial_id", Path(result.path).name),
+                       "config": dict(result.config or {}), "metrics": metrics,
+                       "error": None if result.error is None else
+                       str(result.error).strip().splitlines()[-1][:500],
+                       # a worker group's checkpoint lives in Train's storage (its path
+                       # is a metric); a trial-actor run's in Tune's trial folder
+                       "checkpoint": metrics.get("checkpoint_path") or (
+                           result.checkpoint.path if result.checkpoint else None)})
+    return trials
 
 
 def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
