@@ -47,6 +47,7 @@ import torch
 import yaml
 
 from trainables.data import read_pairs, read_samples
+from trainables.errors import InputError
 from trainables.spec import DataSpec, Split, load_spec
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, create_clip
 
@@ -61,7 +62,7 @@ FORMAT = 2                          # bump when the cache layout or the algorith
 COUNTS: Counter = Counter()         # embed_images, embed_texts, caption, retrieve, extract, hit
 
 
-class AnchorError(ValueError):
+class AnchorError(InputError):
     """Bad input for anchor preparation; one line naming the problem and the fix."""
 
 

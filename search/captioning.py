@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from trainables.data import load_image
+from trainables.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class CaptionerError(ValueError):
+class CaptionerError(InputError):
     """A captioner that cannot be loaded; the message names the fix."""
 
 

@@ -6,18 +6,23 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
+from trainables.errors import InputError
+from trainables.yaml_io import YamlError, load_yaml
 
 EXIT_USAGE = 2
+MAX_MESSAGE_CHARS = 2000
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Bad input found before anything ran; reported as one line with exit status 2."""
 
 
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` on one line to stderr and exit with status 2."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    text = " ".join(str(message).split())
+    if len(text) > MAX_MESSAGE_CHARS:    # a value quoted in the message can be long
+        text = text[:MAX_MESSAGE_CHARS - 3] + "..."
+    print(f"error: {text}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
 
 
@@ -28,7 +33,11 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--set {item!r} is not key=value (e.g. --set lr=1e-4)")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = load_yaml(value, f"--set {key.strip()}")
+        except YamlError as err:
+            raise UsageError(f"{err} (quote mappings: --set 'lr={{loguniform: [1e-5, 1e-3]}}')"
+                             ) from None
     return out
 
 
@@ -119,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the space: a parameter (lr=1e-4 fixes it; "
                         "lr='{loguniform: [1e-5, 1e-3]}' re-ranges it) or a setting "
                         "(search.num_samples=3, wise.strategy=golden); repeatable")
+    p.add_argument("--register-model", default=None, metavar="NAME",
+                   help="register the chosen model (OUTPUT/model, logged on the study's MLflow "
+                        "run) under NAME in the MLflow Model Registry (default: the study name)")
+    p.add_argument("--no-register", action="store_true",
+                   help="log the chosen model on the study's MLflow run without registering it")
     p.add_argument("--quiet", action="store_true", help="less Ray progress output")
     p.add_argument("--verbose", action="store_true",
                    help="INFO messages of the libraries too (open_clip, MLflow, Ray)")

@@ -1,6 +1,6 @@
 """What every command line of the project shares: defaults shown in ``--help``, ``--version``,
 and parse errors as the project's one line with exit status 2 (search.run, search.report,
-search.prepare, search.bench)."""
+search.prepare, search.bench). Console logging: search/run.py's configure_logging."""
 from __future__ import annotations
 
 import argparse
@@ -51,26 +51,3 @@ def method_names() -> list[str]:
     from trainables.methods import METHODS
     return sorted(METHODS)
 
-
-#: the project's loggers: INFO on the console; everything else (open_clip logs to the root
-#: logger, MLflow, Ray's library loggers) WARNING unless --verbose
-PROJECT_LOGGERS = ("search", "trainables")
-
-
-def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
-    """Console logging of a command: the project's own loggers at INFO (WARNING with
-    ``quiet``), every other logger at WARNING (INFO with ``verbose``)."""
-    import logging
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in PROJECT_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
-    if not verbose:
-        import os
-        # MLflow sets its own logger's level when it is imported (MLFLOW_LOGGING_LEVEL, INFO);
-        # Optuna its own when first used: both are told, not only their loggers
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        for name in ("mlflow", "alembic", "open_clip"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        import optuna
-        optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -27,6 +27,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from trainables.errors import InputError
+
 from .trial import FINAL
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ STORAGE_FILE = "optuna.db"
 MIN_IMPORTANCE_TRIALS = 10
 
 
-class OptunaStudyError(ValueError):
+class OptunaStudyError(InputError):
     """A storage or warm-start source that cannot be used; one line naming the problem and fix."""
 
 

@@ -14,14 +14,16 @@ from typing import Callable
 
 import ray
 
+from trainables.errors import InputError
+
 from .trial import StudySetup
 
 
-class ResourceError(ValueError):
+class ResourceError(InputError):
     """A trial asks for more than the cluster has; the message names both and the fix."""
 
 
-class ClusterError(ValueError):
+class ClusterError(InputError):
     """The storage or tracking store cannot serve a multi-node cluster; names the fix."""
 
 

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from trainables.data import load_image
+from trainables.errors import InputError
 from trainables.models import ClipBundle
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ INDEX_TYPES = ("exact", "ivf", "hnsw")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
-class CandidateError(ValueError):
+class CandidateError(InputError):
     """A candidate set that cannot be read; the message names the file and the fix."""
 
 

@@ -50,13 +50,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
-import yaml
+from trainables.errors import InputError
 
 KINDS = ("loguniform", "uniform", "int", "choice", "constant")
 SAMPLERS = ("tpe", "random")
@@ -65,7 +66,7 @@ STRATEGIES = ("grid", "golden")
 SECTIONS = ("method", "params", "search", "wise", "soups")
 
 
-class SpaceError(ValueError):
+class SpaceError(InputError):
     """A search-space file that cannot be used; the one-line message names file, problem and fix."""
 
 
@@ -202,6 +203,8 @@ def _value(value: Any, where: str, annotation: Any, rep: _Reporter) -> Any:
         if number is None:
             rep.fail(where, f"expected a number ({base.__name__}), got {value!r}",
                      "write a number, floats with a dot (1.0e-5)")
+        if not math.isfinite(number):   # .nan / .inf: no sampler or trainable can use them
+            rep.fail(where, f"{value!r} is not a finite number", "write a finite number")
         value = number
     try:
         return _coerce(value, annotation, name)
@@ -319,14 +322,14 @@ def _check_settings(sections: dict[str, Any], rep: _Reporter) -> None:
 
 def _read(source: Path, rep: _Reporter) -> dict[str, Any]:
     """The file's top-level mapping."""
+    from trainables.yaml_io import YamlError, read_yaml
+
     if not source.is_file():
         rep.fail("", "space file not found", "pass an existing file, e.g. spaces/ft.yaml")
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        rep.fail("", f"not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__}"
-                 f"{f' at line {mark.line + 1}' if mark else ''})", "fix the YAML syntax")
+        raw = read_yaml(source)          # bounded: size, alias expansion, nesting
+    except YamlError as exc:
+        raise SpaceError(str(exc)) from None
     if not isinstance(raw, dict):
         rep.fail("", f"the top level is {type(raw).__name__}, not a mapping",
                  "start the file with 'method: <name>' and 'params:'")

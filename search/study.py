@@ -12,7 +12,7 @@ import math
 import os
 import re
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,14 +20,16 @@ from trainables import metrics as M
 from trainables.spec import load_spec
 from trainables.evaluate import Evaluator
 from trainables.methods import get_method_class
+from trainables.errors import InputError
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
-from .trial import FINAL, OBJECTIVE, RunParts, StudySetup, prepare, wise_evaluation
+from .trial import (FINAL, OBJECTIVE, RunParts, StudySetup, prepare, setup_dict,
+                    wise_evaluation)
 
 log = logging.getLogger(__name__)
 
 
-class StudyError(ValueError):
+class StudyError(InputError):
     """Bad input found before the study started; one line, naming the problem and the fix."""
 
 
@@ -101,6 +103,7 @@ class Study:
     parts: RunParts              # driver-side model/data/evaluator (zero-shot eval, soups)
     optuna_storage: str = ""     # the Optuna study's storage URL (search/optuna_study.py)
     warm_start: tuple[list[dict[str, Any]], str] = ([], "")   # (configurations, source label)
+    inputs: dict[str, Any] = field(default_factory=dict)   # compared by --resume (resume.py)
 
     # --- validation -------------------------------------------------------------------------
     @classmethod
@@ -131,11 +134,14 @@ class Study:
         if study_dir.exists() and not args.resume:
             raise StudyError(f"{output} already holds study {name!r}: pass --resume to "
                              "continue it, or choose another --output")
-        # A driver killed before Tune saved its state leaves the MLflow store (and maybe an empty
-        # study folder) but no tuner.pkl: --resume then starts the trials afresh (see _tune).
-        if args.resume and not (study_dir.exists() or (output / "mlflow.db").exists()):
-            raise StudyError(f"--resume: no study {name!r} under {output} to resume "
-                             "(drop --resume to start one)")
+        # A driver killed before Tune saved its state leaves the study folder (its study.json)
+        # but no tuner.pkl: --resume then starts the trials afresh (see _tune).
+        if args.resume and not study_dir.exists():
+            from .resume import stored_studies
+            held = stored_studies(output)
+            raise StudyError(f"--resume: no study {name!r} under {output} to resume"
+                             + (f" (it holds {', '.join(held)}: pass that study's --method and "
+                                "--study-name)" if held else " (drop --resume to start one)"))
         from trainables.benchmarks import resolve_data   # a spec file, or a built-in name
         data = resolve_data(args.data) if args.data else default_data()
         load_spec(data)
@@ -162,6 +168,16 @@ class Study:
             setup.plan                          # e.g. --trial-runner actor with 2 workers
         except ValueError as err:
             raise StudyError(str(err)) from None
+        from .resume import check_resume, study_inputs
+        from .space import space_as_dict
+        inputs = study_inputs(
+            method=args.method, space=space_as_dict(space) if space else None,
+            data=str(data), model=setup.model, pretrained=setup.pretrained,
+            num_samples=num_samples, seed=seed, max_concurrent=max_conc,
+            workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+            trial_runner=args.trial_runner, experiment=args.experiment)
+        if args.resume:     # differences are errors; a finished study raises NothingToDo
+            check_resume(output, name, inputs)
         data = _with_anchors(setup, method_cls, output)
         setup = replace(setup, data=str(data))
         parts = prepare(setup, {}, "cpu")       # checks weights/architecture/data together
@@ -175,14 +191,17 @@ class Study:
         # sqlite store on a multi-node cluster
         init_ray(args.address, setup, max_conc, tracking_uri=tracking_uri)
         return cls(args, setup, space, name, output, tracking_uri, num_samples, max_conc, seed,
-                   parts, optuna_storage=optuna_storage, warm_start=warm_start)
+                   parts, optuna_storage=optuna_storage, warm_start=warm_start, inputs=inputs)
 
     # --- running ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from .interrupt import Interrupted
+        from .resume import write_state
         from .tracking import StudyRecorder, ensure_tracking
 
         method = self.parts.method
         self.output.mkdir(parents=True, exist_ok=True)
+        write_state(self.output, self.name, self.inputs, "running")
         ensure_tracking(self.tracking_uri)
         recorder = StudyRecorder(
             self.tracking_uri, self.args.experiment, self.name,
@@ -200,10 +219,24 @@ class Study:
             if not method.trains_nothing:
                 trials = self._tune(recorder)
             summary = self._summarise(zeroshot, trials, recorder, parent)
+        except Interrupted as stop:     # Ctrl-C / SIGTERM: KILLED runs, no summary; --resume
+            from .interrupt_mlflow import mark_killed
+            mark_killed(recorder, f"interrupted by {stop}; continue with --resume")
+            raise
         except Exception as err:        # the driver itself failed: say so on the parent run
             recorder.fail(f"{type(err).__name__}: {err}")
             raise
+        summary["setup"] = setup_dict(self.setup)      # what search.export rebuilds models from
+        if "error" not in summary:
+            try:
+                summary["export"] = self._export(summary, trials, parent)
+            except Exception as err:    # the trials are safe: write the summary, then fail loudly
+                summary["export"] = {"error": f"{type(err).__name__}: {err}"}
+                atomic_write_json(self.output / "summary.json", summary)
+                raise
         atomic_write_json(self.output / "summary.json", summary)
+        write_state(self.output, self.name, self.inputs,
+                    "failed" if "error" in summary else "finished")
         if "error" in summary:
             raise StudyFailed(summary["error"])
         return summary
@@ -241,19 +274,10 @@ class Study:
                                storage_path=storage, n_startup_trials=s.n_startup_trials,
                                multivariate=s.multivariate,
                                optuna_storage=self.optuna_storage or None)
-        grid = tuner.fit()
-        trials = []
-        for result in grid:
-            metrics = dict(result.metrics or {})
-            trials.append({"trial_id": metrics.get("trial_id", Path(result.path).name),
-                           "config": dict(result.config or {}), "metrics": metrics,
-                           "error": None if result.error is None else
-                           str(result.error).strip().splitlines()[-1][:500],
-                           # a worker group's checkpoint lives in Train's storage (its path
-                           # is a metric); a trial-actor run's in Tune's trial folder
-                           "checkpoint": metrics.get("checkpoint_path") or (
-                               result.checkpoint.path if result.checkpoint else None)})
-        return trials
+        from .interrupt import tune_running
+        with tune_running():            # a signal stops Tune gracefully, then raises Interrupted
+            grid = tuner.fit()
+        return trial_records(grid)
 
     # --- after the study ----------------------------------------------------------------------
     def _summarise(self, zeroshot: dict[str, float], trials: list[dict[str, Any]], recorder,
@@ -298,6 +322,23 @@ class Study:
         recorder.finish(best=best, table=summary["metrics"], frontier_points=finished,
                         soups=summary.get("soups", {}), importances=importances)
         return summary
+
+    def _export(self, summary: dict[str, Any], trials: list[dict[str, Any]], parent: str
+                ) -> dict[str, Any]:
+        """Write the chosen model (ID val only) to OUTPUT/model, log it on the parent run as an
+        MLflow pyfunc model and register it (unless --no-register)."""
+        from .export import chosen_source, export_model
+        from .tracking import log_model
+        source = chosen_source(summary, trials)
+        target = self.output / "model"
+        info = export_model(self.setup, source, target, summary, code_version(),
+                            chosen_by="the study, on ID validation accuracy only")
+        register = (None if getattr(self.args, "no_register", False)
+                    else getattr(self.args, "register_model", None) or self.name)
+        logged = log_model(self.tracking_uri, parent, target, register, info)
+        return {"path": str(target), "source": source.kind, "name": source.name,
+                "alpha": source.alpha, M.ID_TEST: info["metrics"]["exported"].get(M.ID_TEST),
+                **logged}
 
     def _soups(self, finished: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
         from .soups import Ingredient, greedy_soup, uniform_soup
@@ -372,6 +413,14 @@ class Study:
         if len(same) == 2 and same[0] == same[1]:
             print(f"The {' and '.join(soups)} soups took the same {len(same[0])} trials "
                   "(the greedy soup kept every candidate): one model, the same numbers.")
+        export = summary.get("export") or {}
+        if export.get("path"):
+            registered = (f", registered as {export['registered_model']} version "
+                          f"{export['version']}" if export.get("registered_model") else "")
+            print(f"\nModel: {export['path']} ({export['source']} {export['name']} at α = "
+                  f"{export['alpha']:.2f}; MLflow {export['mlflow_model_uri']}{registered})")
+        elif export.get("error"):
+            print(f"\nModel export failed: {export['error']}")
         print(f"\nSummary: {self.output / 'summary.json'}")
         uri = self.tracking_uri
         print(f"MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
@@ -412,6 +461,23 @@ def _check_optuna(args: Any, space, setup: StudySetup, name: str, output: Path,
     count = min(num_samples, startup_trials(space.search.n_startup_trials, num_samples))
     return url, warm_start_points(warm, getattr(args, "warm_start_study", None), setup.method,
                                   optuna_distributions(searched), count)
+
+
+def trial_records(grid) -> list[dict[str, Any]]:
+    """One dict per trial of a Tune ``ResultGrid``: trial_id, config, metrics (its last result),
+    error (the last line, or None) and checkpoint (the folder of its last checkpoint, or None)."""
+    trials = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trials.append({"trial_id": metrics.get("trial_id", Path(result.path).name),
+                       "config": dict(result.config or {}), "metrics": metrics,
+                       "error": None if result.error is None else
+                       str(result.error).strip().splitlines()[-1][:500],
+                       # a worker group's checkpoint lives in Train's storage (its path
+                       # is a metric); a trial-actor run's in Tune's trial folder
+                       "checkpoint": metrics.get("checkpoint_path") or (
+                           result.checkpoint.path if result.checkpoint else None)})
+    return trials
 
 
 def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:

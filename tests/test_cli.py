@@ -189,16 +189,38 @@ def test_corrupt_image_skipped_with_a_counted_warning(capsys, tmp_path, caplog, 
     assert not out.exists()
 
 
+def _stored_inputs(spec: Path, **changes) -> dict:
+    """The inputs study.json holds for ``FIXED + --data spec --gpus-per-worker 1`` (what a
+    driver started with that command wrote), with ``changes`` applied."""
+    from search.resume import study_inputs
+    from search.space import load_space, space_as_dict
+    space = load_space(ROOT / "spaces" / "ft.yaml", "ft")
+    inputs = dict(method="ft", space=space_as_dict(space), data=str(Path(spec).resolve()),
+                  model="micro-clip-16", pretrained="", num_samples=space.search.num_samples,
+                  seed=space.search.seed, max_concurrent=space.search.max_concurrent_trials,
+                  workers_per_trial=1, gpus_per_worker=1.0, trial_runner="auto",
+                  experiment="robust-ft-search")
+    inputs.update(changes)
+    return study_inputs(**inputs)
+
+
+def _stored_study(out: Path, inputs: dict, status: str) -> list[Path]:
+    from search.resume import write_state
+    write_state(out, "ft-search", inputs, status)
+    (out / "mlflow.db").touch()
+    return sorted(out.rglob("*"))
+
+
 def test_resume_of_a_driver_killed_before_tune_saved_state_is_accepted(capsys, tmp_path, spec,
                                                                         monkeypatch):
-    """A driver killed before its first trial leaves OUTPUT/mlflow.db but no Tune state: --resume
-    passes validation (and would start the trials afresh under the re-opened parent run); here
-    the run then stops at the GPU check, before Ray starts, and adds nothing to --output."""
+    """A driver killed before its first trial leaves its study.json (status running) but no Tune
+    state: --resume with the same inputs passes validation (and would start the trials afresh
+    under the re-opened parent run); here the run then stops at the GPU check, before Ray starts,
+    and changes nothing under --output."""
     monkeypatch.chdir(ROOT)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "mlflow.db").touch()
+    before = _stored_study(out, _stored_inputs(spec), "running")
     code, err = _run(capsys, FIXED + ["--data", str(spec), "--resume", "--gpus-per-worker", "1",
                                       "--output", str(out)])
-    assert code == 2 and "GPUs" in err and "no study" not in err
-    assert [p.name for p in out.iterdir()] == ["mlflow.db"]
+    assert code == 2 and "GPUs" in err and "no study" not in err, err
+    assert sorted(out.rglob("*")) == before

@@ -33,7 +33,9 @@ TIMEOUT_S = 900          # per driver; a busy 2-core machine is ~4x slower than 
 #: relative, ``*`` matches within one path component.
 LAYOUT = [
     "mlflow.db", "optuna.db", "summary.json", "mlartifacts/*/artifacts/*",
-    "mlartifacts/*/artifacts/*/*",
+    "mlartifacts/*/artifacts/*/*", "run.lock", f"ray/{STUDY}/study.json",
+    # the chosen model (README "Using the result"), and its MLflow copy (a logged model)
+    "model/*", "mlartifacts/models/*/artifacts/*", "mlartifacts/models/*/artifacts/*/*/*",
     f"ray/{STUDY}/tuner.pkl", f"ray/{STUDY}/.validate_storage_marker",
     f"ray/{STUDY}/experiment_state-*.json", f"ray/{STUDY}/searcher-state-*.pkl",
     f"ray/{STUDY}/search_gen_state-*.json", f"ray/{STUDY}/basic-variant-state-*.json",

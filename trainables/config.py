@@ -7,13 +7,16 @@ a typo in a space file fails before anything trains. Below this edge nothing rea
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from .errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration value or key that cannot be used; the message names the fix."""
 
 
@@ -45,6 +48,10 @@ class TrainConfig:
                                   # yet; BENCHMARKS.md "GPU check"); compile time is per trial
 
     def __post_init__(self) -> None:
+        bad = [f.name for f in fields(self) if isinstance(getattr(self, f.name), float)
+               and not math.isfinite(getattr(self, f.name))]
+        if bad:
+            raise ConfigError(f"{bad[0]} must be a finite number, got {getattr(self, bad[0])}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -53,6 +60,12 @@ class TrainConfig:
             raise ConfigError("epochs and batch_size must be >= 1")
         if self.num_workers < -1:
             raise ConfigError(f"num_workers must be >= 0 (or -1: auto), got {self.num_workers}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        negative = [n for n in ("warmup_steps", "grad_clip", "max_steps_per_epoch")
+                    if getattr(self, n) < 0]
+        if negative:
+            raise ConfigError(f"{negative[0]} must be >= 0, got {getattr(self, negative[0])}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 

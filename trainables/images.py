@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -10,13 +11,36 @@ from torch.utils.data import Dataset
 from .errors import DataError
 
 
+#: Pillow modes of more than 8 bits per channel: 16-bit greyscale (PNG, TIFF) and 32-bit integer.
+#: ``Image.convert("RGB")`` clips them at 255 (a 16-bit photo becomes near-binary), so they are
+#: scaled to 8 bits here instead.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def load_image(path: str) -> Image.Image:
-    """Open an image as RGB; a corrupt or missing file raises DataError naming it."""
+    """Open an image as 8-bit RGB; a corrupt or missing file, or one whose pixel format cannot
+    be converted without losing its range, raises DataError naming it."""
     try:
         with Image.open(path) as img:
+            if img.mode in WIDE_MODES:
+                return _wide_to_rgb(img, path)
+            if img.mode == "F":
+                raise DataError(f"cannot read image {path}: 32-bit float pixels (mode F) have no "
+                                "fixed range to scale to 8 bits (convert it to 8- or 16-bit)")
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"cannot read image {path}: {err} (remove or replace the file)") from None
+
+
+def _wide_to_rgb(img: Image.Image, path: str) -> Image.Image:
+    """A 16-bit (or 32-bit integer holding 16-bit values) greyscale image as 8-bit RGB, scaled by
+    255/65535 (rounded), never clipped."""
+    pixels = np.asarray(img).astype(np.int64)              # (H, W)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        raise DataError(f"cannot read image {path}: {img.mode} pixels outside 0..65535 have no "
+                        "known range to scale to 8 bits (save it as 8- or 16-bit)")
+    grey = np.rint(pixels * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 class LabeledImages(Dataset):

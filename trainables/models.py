@@ -11,13 +11,17 @@ online) or a local weights file (``.safetensors``, or a torch checkpoint loaded 
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import open_clip
 import torch
+from safetensors import SafetensorError
 from torch import nn
+
+from .errors import InputError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 ASSET_DIR = Path(__file__).parent / "assets"
@@ -27,7 +31,7 @@ DEFAULT_MODEL = "tiny-clip-32"
 DEFAULT_PRETRAINED = str(ASSET_DIR / "tiny-clip-32.safetensors")
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model name or weights file that cannot be used; the message names the fix."""
 
 
@@ -91,9 +95,31 @@ def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRET
                              f"{offline} (known tags: {tags or 'none'}): download them once online"
                              " into the Hugging Face cache, or pass --pretrained with a local "
                              "weights file") from None
+        if "PytorchStreamReader" in str(err):       # a truncated/corrupt torch zip file
+            raise _unreadable(pretrained, err) from None
         raise
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as err:  # a corrupt local file
+        raise _unreadable(pretrained, err) from None
+    if pretrained:
+        _check_finite(clip, pretrained)
     tokenizer = open_clip.get_tokenizer(name)
     return ClipBundle(clip, pre_train, pre_val, tokenizer, name, pretrained)
+
+
+def _unreadable(pretrained: str | None, err: BaseException) -> ModelError:
+    reason = " ".join(str(err).split())[:160]
+    return ModelError(f"weights file {pretrained} cannot be read ({type(err).__name__}: {reason}): "
+                      "it is corrupt or not a weights file; pass --pretrained with a .safetensors "
+                      "file or a torch state dict (loaded with weights_only=True)")
+
+
+def _check_finite(clip: nn.Module, pretrained: str) -> None:
+    """Refuse weights with NaN/inf values: every trial would fail with a non-finite loss."""
+    bad = [n for n, t in clip.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ModelError(f"weights {pretrained} hold NaN or infinite values in {len(bad)} "
+                         f"tensor(s), e.g. {bad[0]}: pass weights that are finite")
 
 
 def logit_scale(clip: nn.Module) -> torch.Tensor:

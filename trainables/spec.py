@@ -1,8 +1,8 @@
 """Dataset specs: the YAML format, parsed and checked once into a :class:`DataSpec`.
 
 
-A dataset spec is a YAML file (loaded with ``yaml.safe_load``); paths are relative to its folder
-(or to ``root: DIR`` when the spec names one)::
+A dataset spec is a YAML file (read by the bounded loader of ``trainables/yaml_io.py``); paths
+are relative to its folder (or to ``root: DIR`` when the spec names one)::
 
     name: my-benchmark
     id:
@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import open_clip
-import yaml
 
 from .errors import DataError
 from .sampling import NEW_SET, split_base_new
 from .scoring import Scoring, parse_metrics, subset_projection
 from .spec_env import expand_env
+from .yaml_io import YamlError, read_yaml
 
 Template = str | Callable[[str], str]
 SHIPPED_TEMPLATES: dict[str, Sequence[Template]] = {
@@ -116,11 +116,47 @@ _SCORING_KEYS = {"metrics", "subset", "exclude_groups"}
 
 def _check_keys(obj: Any, allowed: set[str], where: str, spec: Path) -> dict:
     if not isinstance(obj, dict):
-        raise DataError(f"{spec}: {where} must be a mapping")
-    unknown = sorted(set(obj) - allowed)
+        raise DataError(f"{spec}: {where} must be a mapping (key: value lines), got "
+                        f"{_brief(obj)}")
+    unknown = sorted(str(k) for k in set(obj) - allowed)
     if unknown:
         raise DataError(f"{spec}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
     return obj
+
+
+def _brief(value: Any) -> str:
+    """A value for an error message, cut short (a list of 10,000 names is not quoted whole)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _mapping(obj: Any, where: str, spec: Path) -> dict:
+    """An optional section (``ood``, ``zeroshot``, ...): a mapping of names, or empty."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise DataError(f"{spec}: {where} must be a mapping of names to entries, got "
+                        f"{_brief(obj)}")
+    return obj
+
+
+def _path(root: Path, rel: Any, where: str, spec: Path) -> Path:
+    """``root / rel`` resolved; ``rel`` must be a plain path string."""
+    if isinstance(rel, bool) or not isinstance(rel, (str, int, float)) or not str(rel).strip() \
+            or "\0" in str(rel):
+        raise DataError(f"{spec}: {where} must be a path (a string), got {_brief(rel)}")
+    try:
+        return (root / str(rel)).resolve()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise DataError(f"{spec}: {where} path {_brief(rel)} is unusable ({err})") from None
+
+
+def _is(check, path: Path) -> bool:
+    """``path.is_file()`` / ``is_dir()``, False for names the OS refuses (too long, ...)."""
+    try:
+        return check(path)
+    except (OSError, ValueError):
+        return False
 
 
 def _split(obj: Any, root: Path, where: str, spec: Path, extra: set[str] = frozenset()) -> Split:
@@ -129,11 +165,11 @@ def _split(obj: Any, root: Path, where: str, spec: Path, extra: set[str] = froze
         raise DataError(f"{spec}: {where} must be {{csv: FILE}} or {{imagefolder: DIR}}"
                         + (f" (optional keys: {sorted(extra)})" if extra else ""))
     kind, rel = kinds[0], obj[kinds[0]]
-    path = (root / str(rel)).resolve()
-    if kind == "csv" and not path.is_file():
+    path = _path(root, rel, f"{where}.{kind}", spec)
+    if kind == "csv" and not _is(Path.is_file, path):
         raise DataError(f"{spec}: {where} manifest {path} does not exist (fix the path or "
                         "generate the data)")
-    if kind == "imagefolder" and (not path.is_dir() or not any(path.iterdir())):
+    if kind == "imagefolder" and (not _is(Path.is_dir, path) or not any(path.iterdir())):
         raise DataError(f"{spec}: {where} directory {path} is missing or empty (point it at a "
                         "folder with one sub-folder of images per class)")
     return Split(kind, path)
@@ -145,8 +181,8 @@ def templates_from(obj: Any, where: str, spec: Path, root: Path | None = None
     or ``{file: PATH}`` (one per line, relative to ``root``); open_clip's lambdas become
     ``"…{}…"`` strings so every consumer can ``.format`` them."""
     if isinstance(obj, dict) and set(obj) == {"file"}:
-        path = (root or spec.parent) / str(obj["file"])
-        if not path.is_file():
+        path = _path(root or spec.parent, obj["file"], f"{where} file", spec)
+        if not _is(Path.is_file, path):
             raise DataError(f"{spec}: {where} file {path} does not exist (provide one template "
                             "per line, each with {})")
         obj = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
@@ -159,17 +195,29 @@ def templates_from(obj: Any, where: str, spec: Path, root: Path | None = None
                             f"strings with {{}}, clip_benchmark:<dataset> or one of "
                             f"{sorted(SHIPPED_TEMPLATES)}")
         return tuple(t if isinstance(t, str) else t("{}") for t in SHIPPED_TEMPLATES[obj])
-    if not obj or not all(isinstance(t, str) and "{}" in t for t in obj):
+    if not isinstance(obj, list) or not obj or not all(isinstance(t, str) and "{}" in t
+                                                         for t in obj):
         raise DataError(f"{spec}: {where} must be a non-empty list of strings containing {{}}")
+    for t in obj:          # each is filled in with .format(classname) when the head is built
+        try:
+            t.format("x")
+        except (KeyError, IndexError, ValueError):
+            raise DataError(f"{spec}: {where}: template {_brief(t)} has braces other than one "
+                            "{} (write {{ and }} for literal braces)") from None
     return tuple(obj)
 
 
 def _classes(obj: dict, root: Path, where: str, spec: Path, folder: Split | None) -> tuple[str, ...]:
     if "classes" in obj:
         names = obj["classes"]
+        if not isinstance(names, list) or not all(
+                isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
+            raise DataError(f"{spec}: {where}.classes must be a list of class names, got "
+                            f"{_brief(names)}")
+        names = [str(n) for n in names]
     elif "classes_file" in obj:
-        path = root / obj["classes_file"]
-        if not path.is_file():
+        path = _path(root, obj["classes_file"], f"{where}.classes_file", spec)
+        if not _is(Path.is_file, path):
             raise DataError(f"{spec}: {where} classes_file {path} does not exist")
         names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     elif folder is not None and folder.kind == "imagefolder":
@@ -200,8 +248,14 @@ def _ood(obj: Any, classes: tuple[str, ...], root: Path, where: str, spec: Path
          ) -> tuple[Split, Scoring]:
     split = _split(obj, root, where, spec, _SCORING_KEYS)
     projection = None
+    if "exclude_groups" in obj and not (isinstance(obj["exclude_groups"], list) and all(
+            isinstance(g, str) for g in obj["exclude_groups"])):
+        raise DataError(f"{spec}: {where}.exclude_groups must be a list of group names")
     if "subset" in obj:
         subset = obj["subset"]
+        if not isinstance(subset, list) or not all(isinstance(c, str) for c in subset):
+            raise DataError(f"{spec}: {where}.subset must be a list of ID class names, got "
+                            f"{_brief(subset)}")
         bad = [c for c in subset or [] if c not in classes]
         if not subset or bad or len(set(subset)) != len(subset):
             raise DataError(f"{spec}: {where}.subset must list distinct ID classes (unknown: "
@@ -223,17 +277,17 @@ def load_spec(path: str | Path) -> DataSpec:
     if not spec.is_file():
         raise DataError(f"dataset spec {spec} does not exist (pass --data with a spec YAML)")
     try:
-        raw = yaml.safe_load(spec.read_text())
-    except yaml.YAMLError as err:
-        raise DataError(f"{spec}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raw = read_yaml(spec)            # bounded: size, alias expansion, nesting
+    except YamlError as err:
+        raise DataError(str(err)) from None
     if isinstance(raw, dict) and "benchmark" in raw:
         from .benchmarks import build_spec
         return build_spec(expand_env(raw, spec), spec)
     raw = expand_env(_check_keys(raw, _TOP_KEYS, "the top level", spec), spec)
     # Every relative path (manifests, folders, image rows) is resolved against ``root``: the
     # spec's folder unless the spec names another (a derived spec cached elsewhere keeps its data).
-    root = (spec.parent / str(raw["root"])).resolve() if raw.get("root") else spec.parent
-    if not root.is_dir():
+    root = _path(spec.parent, raw["root"], "root", spec) if raw.get("root") else spec.parent
+    if not _is(Path.is_dir, root):
         raise DataError(f"{spec}: root {root} is not a directory (fix or remove the root key)")
     idd = _check_keys(raw.get("id"), _ID_KEYS, "id", spec)
     for key in ("train", "test"):
@@ -245,7 +299,7 @@ def load_spec(path: str | Path) -> DataSpec:
     scoring = {"id": Scoring(parse_metrics(idd.get("metrics"), "id", spec))}
     for section in ("zeroshot", "context"):
         tasks[section] = {}
-        for name, obj in (raw.get(section) or {}).items():
+        for name, obj in _mapping(raw.get(section), section, spec).items():
             obj = _check_keys(obj, _TASK_KEYS, f"{section}.{name}", spec)
             test = _split(obj.get("test"), root, f"{section}.{name}.test", spec)
             tasks[section][name] = Task(
@@ -253,11 +307,12 @@ def load_spec(path: str | Path) -> DataSpec:
                 _templates(obj, f"{section}.{name}", spec, root, templates), test)
             scoring[f"{section}/{name}"] = Scoring(parse_metrics(obj.get("metrics"),
                                                                  f"{section}.{name}", spec))
-    val_fraction = float(idd.get("val_fraction", 0.02))
-    if not 0.0 < val_fraction < 1.0:
+    val_fraction = idd.get("val_fraction", 0.02)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or \
+            not 0.0 < val_fraction < 1.0:
         raise DataError(f"{spec}: id.val_fraction must be in (0, 1), got {val_fraction}")
     shots = idd.get("shots")
-    if shots is not None and (not isinstance(shots, int) or shots < 1):
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or shots < 1):
         raise DataError(f"{spec}: id.shots must be a positive integer, got {shots!r}")
     classes, new_classes = _classes(idd, root, "id", spec, train), ()
     if idd.get("base_to_new"):
@@ -266,7 +321,7 @@ def load_spec(path: str | Path) -> DataSpec:
                             f"{NEW_SET!r}")
         classes, new_classes = split_base_new(classes)
     ood = {}
-    for k, v in (raw.get("ood") or {}).items():
+    for k, v in _mapping(raw.get("ood"), "ood", spec).items():
         ood[k], scoring[f"ood/{k}"] = _ood(v, classes, root, f"ood.{k}", spec)
     return DataSpec(
         name=str(raw.get("name", spec.stem)), root=root, classes=classes, templates=templates,
@@ -276,7 +331,7 @@ def load_spec(path: str | Path) -> DataSpec:
         test=_split(idd["test"], root, "id.test", spec), val_fraction=val_fraction, ood=ood,
         zeroshot=tasks["zeroshot"], context=tasks["context"],
         anchors={k: _split(v, root, f"anchors.{k}", spec)
-                 for k, v in (raw.get("anchors") or {}).items()},
+                 for k, v in _mapping(raw.get("anchors"), "anchors", spec).items()},
         source=spec, scoring=scoring, shots=shots, new_classes=new_classes,
         on_corrupt=_on_corrupt(idd, spec))
 

@@ -11,9 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import DataError
+from .yaml_io import YamlError, load_yaml, read_yaml
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -45,12 +44,17 @@ def expand_env(obj: Any, spec: Path) -> Any:
         return value
 
     out = _ENV.sub(sub, obj)
-    return yaml.safe_load(out) if _ENV.fullmatch(obj) and out.strip() else out
+    if not (_ENV.fullmatch(obj) and out.strip()):
+        return out
+    try:
+        return load_yaml(out, f"{spec}: the value of {obj}")
+    except YamlError as err:
+        raise DataError(str(err)) from None
 
 
 def spec_env_vars(path: str | Path) -> set[str]:
     """The environment variables a spec file refers to (empty for a missing or bad file)."""
     try:
-        return env_vars(yaml.safe_load(Path(path).expanduser().read_text()))
-    except (OSError, yaml.YAMLError):
+        return env_vars(read_yaml(Path(path).expanduser()))
+    except (OSError, YamlError):
         return set()

@@ -12,8 +12,10 @@ from typing import Iterable, Mapping
 
 import torch
 
+from .errors import InputError
 
-class WiseError(ValueError):
+
+class WiseError(InputError):
     """State dicts that cannot be interpolated; the message says which keys differ."""
 
 

@@ -51,8 +51,9 @@ def builtin_specs() -> dict[str, Path]:
 
 def root_variable(spec: Path) -> str:
     """The environment variable a spec's ``root`` reads (``${IMAGENET_ROOT}`` -> IMAGENET_ROOT)."""
-    import yaml
-    root = str((yaml.safe_load(spec.read_text()) or {}).get("root", ""))
+    from ..yaml_io import read_yaml
+    raw = read_yaml(spec)
+    root = str(raw.get("root", "") if isinstance(raw, dict) else "")
     match = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}", root)
     if not match:
         raise DataError(f"{spec}: root is not a ${{VAR}} reference, so NAME:ROOT cannot set it")

@@ -109,6 +109,9 @@ class Method:
     uses_reference: ClassVar[bool] = False
     #: evaluation classifies ID images with class embeddings rebuilt from the text tower
     head_from_text: ClassVar[bool] = False
+    #: how :meth:`id_logits` reads the head, for the exported model (``clipmodel/folder.py``):
+    #: "linear" (the head), "cosine" (normalised head, times s) or "text" (class embeddings)
+    head_kind: ClassVar[str] = "linear"
     #: anchor sets the method draws beside each batch (ARF)
     anchor_sets: ClassVar[tuple[str, ...]] = ()
     #: the method trains nothing (zero-shot evaluation only)
@@ -189,8 +192,9 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def get_method_class(name: str) -> type[Method]:
-    """The registered class for ``name``; unknown names raise ValueError listing the choices."""
+    """The registered class for ``name``; unknown names raise InputError listing the choices."""
+    from ..errors import InputError
     try:
         return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}: choose one of {sorted(METHODS)}") from None
+    except (KeyError, TypeError):
+        raise InputError(f"unknown method {name!r}: choose one of {sorted(METHODS)}") from None

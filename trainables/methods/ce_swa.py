@@ -96,6 +96,7 @@ class CeSwa(Method):
     name = "ce-swa"
     Params = CeSwaParams
     head_from_text = True
+    head_kind = "text"
 
     def __init__(self, params: CeSwaParams, train: TrainConfig):
         super().__init__(params, train)

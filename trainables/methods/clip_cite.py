@@ -86,6 +86,7 @@ class ClipCite(Method):
     name = "clip-cite"
     Params = ClipCiteParams
     uses_reference = True
+    head_kind = "cosine"
 
     def trains(self, name: str) -> bool:
         return (is_image_tower(name) or is_text_tower(name)

@@ -44,6 +44,7 @@ class Flyp(Method):
     name = "flyp"
     Params = FlypParams
     head_from_text = True
+    head_kind = "text"
 
     def trains(self, name: str) -> bool:
         return is_image_tower(name) or is_text_tower(name) or is_logit_scale(name)

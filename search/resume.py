@@ -1,0 +1,133 @@
+"""What a study was started with, kept beside its Tune state, and compared by ``--resume``.
+
+``OUTPUT/ray/<study>/study.json`` holds the study's inputs (method, resolved space, data spec and
+its content hash, model and weights, budget, seed, concurrency, workers, experiment) and its
+status (``running``, ``finished``, ``failed``). ``--resume`` with identical inputs continues the
+study; a finished one has nothing to do (exit 0, nothing changed). Any difference is a one-line
+error naming it: a resumed Tune study cannot take new inputs (Ray 2.60's ``Tuner.restore``
+re-reads the param space, ``num_samples``, searcher and scheduler pickled in ``tuner.pkl`` and
+``search_gen_state-*.json``), so a changed input would be silently ignored. That includes a
+larger ``--num-samples``: extending a study is not supported (start a new ``--study-name``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from trainables.errors import InputError
+
+STATE_FILE = "study.json"
+
+
+class ResumeError(InputError):
+    """``--resume`` with inputs that differ from the stored study's."""
+
+
+class NothingToDo(Exception):
+    """``--resume`` of a finished study with the same inputs: exit 0 without changing anything."""
+
+
+def state_path(output: Path, name: str) -> Path:
+    return output / "ray" / name / STATE_FILE
+
+
+def file_digest(path: str | Path) -> str | None:
+    """sha256 of a file's bytes (a data spec), or None for a folder / missing file."""
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def study_inputs(*, method: str, space: dict[str, Any] | None, data: str, model: str,
+                 pretrained: str | None, num_samples: int, seed: int, max_concurrent: int,
+                 workers_per_trial: int, gpus_per_worker: float, trial_runner: str,
+                 experiment: str) -> dict[str, Any]:
+    """The inputs a resumed study must share with the stored one (JSON-ready)."""
+    if space is not None:     # the resolved content matters, not where the file lies
+        space = {k: v for k, v in space.items() if k != "source"}
+        space["search"] = {k: v for k, v in space["search"].items()
+                           if k not in ("num_samples", "seed", "max_concurrent_trials")}
+    inputs = {"method": method, "space": space, "data": data, "data_sha256": file_digest(data),
+              "model": model, "pretrained": pretrained, "num_samples": num_samples,
+              "seed": seed, "max_concurrent_trials": max_concurrent,
+              "workers_per_trial": workers_per_trial, "gpus_per_worker": gpus_per_worker,
+              "trial_runner": trial_runner, "experiment": experiment}
+    return json.loads(json.dumps(inputs, default=str))     # tuples -> lists, as stored
+
+
+def read_state(output: Path, name: str) -> dict[str, Any] | None:
+    path = state_path(output, name)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ResumeError(f"--resume: {path} is unreadable; fix: restore it, or start a new "
+                          "study with another --output") from None
+
+
+def write_state(output: Path, name: str, inputs: dict[str, Any], status: str) -> None:
+    """Write the state file whole (temporary file + rename)."""
+    path = state_path(output, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"inputs": inputs, "status": status}, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out or {prefix: {}}
+    return {prefix: value}
+
+
+_OPTION = {"method": "--method", "data": "--data", "data_sha256": "the content of --data",
+           "model": "--model", "pretrained": "--pretrained", "num_samples": "--num-samples",
+           "seed": "--seed", "max_concurrent_trials": "--max-concurrent-trials",
+           "workers_per_trial": "--workers-per-trial", "gpus_per_worker": "--gpus-per-worker",
+           "trial_runner": "--trial-runner", "experiment": "--experiment"}
+
+
+def check_resume(output: Path, name: str, inputs: dict[str, Any]) -> None:
+    """Compare ``inputs`` with the stored study's; raise ResumeError naming the first difference,
+    NothingToDo if the study is finished and nothing differs. A study folder without a state file
+    (written by an older version) is resumed unchecked."""
+    state = read_state(output, name)
+    if state is None:
+        return
+    old, new = _flat(state.get("inputs", {})), _flat(inputs)
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            top = key.split(".")[0]
+            what = f"the space's {key.partition('.')[2]}" if top == "space" else _OPTION.get(
+                top, key)
+            if key == "num_samples" and (new[key] or 0) > (old[key] or 0):
+                raise ResumeError(
+                    f"--resume: study {name!r} was started with --num-samples {old[key]}; "
+                    f"extending it to {new[key]} is not supported (Ray 2.60's Tuner.restore keeps "
+                    "the saved budget); fix: resume with --num-samples "
+                    f"{old[key]}, or run the extra trials as a new study (--study-name)")
+            raise ResumeError(
+                f"--resume: {what} differs from the stored study {name!r} "
+                f"({_short(old.get(key))} then, {_short(new.get(key))} now); fix: rerun with the "
+                "study's original inputs, or start a new study (another --study-name or --output)")
+    if state.get("status") == "finished":
+        raise NothingToDo(f"study {name!r} in {output} is already finished; nothing to do "
+                          f"(results: {output / 'summary.json'})")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def stored_studies(output: Path) -> list[str]:
+    """Names of the studies under ``OUTPUT/ray`` (``train`` is Train's storage)."""
+    ray_dir = output / "ray"
+    return sorted(p.name for p in ray_dir.iterdir() if p.is_dir() and p.name != "train") \
+        if ray_dir.is_dir() else []
