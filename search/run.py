@@ -51,6 +51,7 @@ def configure_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose:
+        os.environ["ROBUST_SEARCH_VERBOSE"] = "1"      # search.trial.VERBOSE_ENV, for the workers
         return
     for handler in logging.getLogger().handlers if fresh else ():
         handler.addFilter(_ProjectInfoOnly())
