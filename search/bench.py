@@ -160,7 +160,14 @@ def write_section(path: Path, blocks: dict[int, str], intro: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.split("\n")[0])
+    p = build_parser()
+    args = p.parse_args(argv)
+    return _main(p, args, argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli_help import Parser
+    p = Parser(prog="python -m search.bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="micro CLIP on the tiny test spec (a smoke test; skips 6)")
     p.add_argument("--only", default="1,2,3,4,5,6",
@@ -170,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="Markdown file whose '## Performance (search.bench)' section is updated")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder (default: a temporary folder, removed at the end)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
     if args.only.strip() == "ddp":      # a check, not a figure: its own output and exit status
         from . import bench_ddp
         with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:

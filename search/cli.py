@@ -42,16 +42,16 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .cli_help import Parser, method_names
+    p = Parser(
         prog="python -m search.run",
         description="Search the hyperparameters and WiSE-FT mixing coefficient of a robust "
                     "fine-tuning method for CLIP with Ray Tune + Optuna over Ray Train; every "
                     "trial is recorded in MLflow. Selection reads ID validation data only.",
         epilog="Example: python -m search.run --method car-ft --space spaces/car.yaml "
                "--num-samples 4.  Review: mlflow ui --backend-store-uri sqlite:///OUTPUT/mlflow.db")
-    p.add_argument("--method", required=True,
-                   help="fine-tuning method: zeroshot, lp, ft, lp-ft, l2-sp, flyp, car-ft, "
-                        "clip-cite, arf, ce-swa")
+    p.add_argument("--method", required=True, choices=method_names(),
+                   help="fine-tuning method (docs/methods.md)")
     p.add_argument("--space", type=Path,
                    help="search-space YAML (spaces/*.yaml); its 'method' must equal --method "
                         "(optional for zeroshot)")
@@ -74,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-trial", type=int, default=1,
                    help="Ray Train workers (DDP processes) per trial; batch_size is the GLOBAL "
                         "batch, split evenly among them (each takes batch_size / workers; it "
-                        "must divide), and contrastive losses use the whole global batch "
-                        "(default 1)")
+                        "must divide), and contrastive losses use the whole global batch")
     p.add_argument("--trial-runner", choices=["auto", "actor", "worker-group"], default="auto",
                    help="where a trial trains: 'worker-group' = a Ray Train TorchTrainer worker "
                         "group (a fresh process per trial, 20-60 s start-up each on a small "
@@ -86,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    const="worker-group", help="same as --trial-runner worker-group")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs per Train worker (bf16 autocast on CUDA); fractions such as 0.25 "
-                        "pack small models onto one GPU (default 0: CPU)")
+                        "pack small models onto one GPU (0: CPU)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs reserved (and torch threads) per Train worker (default: on a "
                         "local Ray, this machine's cores shared among concurrent workers; with "
@@ -97,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "storage every node sees and --tracking-uri an MLflow server (checked)")
     p.add_argument("--output", type=Path, default=Path("runs/latest"),
                    help="directory for everything the run writes: mlflow.db, ray/ (trials, "
-                        "checkpoints), summary.json, plots (default runs/latest)")
+                        "checkpoints), summary.json, plots")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default sqlite:///OUTPUT/mlflow.db; use an "
                         "http://127.0.0.1:PORT server for clusters)")
@@ -135,4 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-register", action="store_true",
                    help="log the chosen model on the study's MLflow run without registering it")
     p.add_argument("--quiet", action="store_true", help="less Ray progress output")
+    p.add_argument("--verbose", action="store_true",
+                   help="INFO messages of the libraries too (open_clip, MLflow, Ray)")
     return p

@@ -27,7 +27,8 @@ from .retrieval import INDEX_TYPES, CandidateError, IndexSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m search.prepare",
+    from .cli_help import Parser
+    p = Parser(prog="python -m search.prepare",
                                 description="Offline preparation steps (cached).")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser(

@@ -46,7 +46,8 @@ def init_ray(address: str | None, setup: StudySetup, max_concurrent: int,
     # per-epoch overhead.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "ROBUST_SEARCH_CACHE",
-                                                   "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+                                                   "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+                                                   "ROBUST_SEARCH_VERBOSE")
                         if k in os.environ}}
     env["env_vars"].update(required_env(setup.data))
     if ray.is_initialized():

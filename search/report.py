@@ -84,13 +84,17 @@ def aggregate(runs: list[dict[str, float]], prefix: str) -> tuple[dict[str, floa
     return mean, std
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m search.report", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    from .cli_help import Parser
+    p = Parser(prog="python -m search.report", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, help="dataset spec (default: the embedded world)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED)
-    p.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
+    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                   help="open_clip pretrained tag or a local .safetensors file")
+    p.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER, metavar="METHOD",
+                   help=f"methods to train ({', '.join(ORDER)}), each at its defaults, one row (and WiSE row) each")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="seeds per method; the table shows mean ± std over them")
     p.add_argument("--output", type=Path, default=Path("runs/report"),
                    help="where raw results (results.json), the table and the plot go; finished "
                         "runs found there are reused, so an interrupted report resumes")
@@ -99,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--table-only", action="store_true",
                    help="write the table and plot from results.json without training")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data is None:
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{raw[key]['wise_alpha']:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
             raw_path.write_text(json.dumps(raw, indent=1))
     rows, spread, frontier = {}, {}, []
+    zeroshot: dict[str, float] | None = None     # a method that trains nothing: θ_zs
     for method in args.methods:
         runs = [v for k, v in raw.items() if k.split("/")[0] == method]
         if not runs:
@@ -140,11 +149,16 @@ def main(argv: list[str] | None = None) -> int:
             frontier.append({"trial_id": method,
                              "curve": wise_curve({f"wise_curve/{k}": v
                                                   for k, v in curve_mean.items()}),
-                             "selected_alpha": statistics.fmean(alphas)})
+                             "selected_alpha": statistics.fmean(alphas),
+                             "metrics": {**{f"ft/{k}": v for k, v in mean.items()},
+                                         **{f"wise/{k}": v for k, v in wmean.items()}}})
+        else:
+            zeroshot = mean
     table = format_table(rows, spread, markdown=True)
     from .plots import study_frontier_png
     plot = study_frontier_png(frontier, args.output / "frontier.png",
-                              title="ID–OOD frontier across methods (mean over seeds)")
+                              title="ID–OOD frontier across methods (mean over seeds)",
+                              zeroshot=zeroshot)
     grid = " ".join(f"{a:g}" for a in args.wise_grid)
     header = (f"Command: `python -m search.report --seeds {' '.join(map(str, args.seeds))} "
               f"--wise-grid {grid}`  \n"

@@ -43,16 +43,25 @@ class _ProjectInfoOnly(logging.Filter):
                 or record.name.split(".")[0] in PROJECT_LOGGERS)
 
 
-def configure_logging(quiet: bool) -> None:
+def configure_logging(quiet: bool, verbose: bool = False) -> None:
     """The console handler (when none is configured yet: a caller's own handlers, such as
-    pytest's, are left alone) shows the project's INFO progress and everyone's warnings."""
+    pytest's, are left alone) shows the project's INFO progress and everyone's warnings;
+    ``verbose``: the libraries' INFO lines too."""
     fresh = not logging.getLogger().handlers
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        os.environ["ROBUST_SEARCH_VERBOSE"] = "1"      # search.trial.VERBOSE_ENV, for the workers
+        return
     for handler in logging.getLogger().handlers if fresh else ():
         handler.addFilter(_ProjectInfoOnly())
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow sets its own logger's level when it is imported (MLFLOW_LOGGING_LEVEL, default
+    # INFO) and Optuna its own when first used: both are told, not only their loggers
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def resume_command(argv: list[str]) -> str:
@@ -68,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     # Tune saves its experiment and searcher state at most every 10 s by default; every 2 s means
     # a killed driver loses no trial it had started, so --resume continues every one of them.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    configure_logging(args.quiet)
+    # Tune forces an experiment-state snapshot whenever a trial has saved num_to_keep
+    # (--keep-checkpoints, 1) checkpoints since the last one, so that a resumed study never points
+    # at a checkpoint already deleted; with a checkpoint every epoch that is every epoch of every
+    # trial, which is what --resume needs, and Tune's "snapshotting has been triggered multiple
+    # times" warning about it says nothing to act on: it is turned off (0), not the snapshots.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    configure_logging(args.quiet, args.verbose)
     resume = resume_command(argv)
     interrupt.install(f"stopped at once; continue the study with: {resume}")
     from .resume import NothingToDo, state_path

@@ -26,12 +26,14 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
+from trainables import metrics as M
 from trainables.errors import InputError
 
-from .plots import study_frontier_png, trial_frontier_png
+from .plots import study_frontier_png, trial_frontier_png, wise_curve_png
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CURVE_PREFIX = "wise_curve/"
 MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
 #: Ray's bookkeeping keys in a result (ray.tune.result.AUTO_RESULT_KEYS and friends): not metrics
@@ -40,6 +42,8 @@ BOOKKEEPING = frozenset({
     "node_ip", "pid", "config", "training_iteration", "epoch", "time_this_iter_s", "time_total_s",
     "time_since_restore", "timesteps_since_restore", "iterations_since_restore", "timesteps_total",
     "episodes_total", "checkpoint_path", "checkpoint_dir_name", "should_checkpoint"})
+#: numbers a trial reports that describe the run, not a measurement: tags on its run
+NOT_METRICS = frozenset({"final", "wise_evaluations"})
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
 
 
@@ -144,6 +148,22 @@ def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
             and isinstance(v, numbers.Real) and not isinstance(v, bool)}
 
 
+def tracked(result: Mapping[str, Any]) -> dict[str, float]:
+    """A Tune result's metrics under their MLflow names, rounded (:func:`M.rounded`).
+
+    The same function names a trial run's metrics and the study run's copy of the chosen trial,
+    so both carry one namespace. Dropped: ``objective`` (Tune's copy of ``id_val/acc`` per epoch
+    and of ``wise/id_val/acc`` at the end), and the bookkeeping in :data:`NOT_METRICS` (tags).
+    ``wise_alpha`` becomes :data:`M.WISE_ALPHA`."""
+    out = {}
+    for key, value in metrics_of(result).items():
+        if key == "objective" or key in NOT_METRICS:
+            continue
+        key = M.WISE_ALPHA if key == "wise_alpha" else _key(key)
+        out[key] = M.rounded(key, value)
+    return out
+
+
 def wise_curve(result: Mapping[str, Any]) -> dict[float, dict[str, float]]:
     """``{alpha: {metric: value}}`` from a result's ``wise_curve/<alpha:.2f>/<metric>`` keys."""
     curve: dict[float, dict[str, float]] = {}
@@ -152,6 +172,76 @@ def wise_curve(result: Mapping[str, Any]) -> dict[float, dict[str, float]]:
             alpha, _, metric = key[len(CURVE_PREFIX):].partition("/")
             curve.setdefault(float(alpha), {})[metric] = float(value)
     return dict(sorted(curve.items()))
+
+
+def source_tags(code_version: str) -> dict[str, str]:
+    """MLflow's standard source fields: the commit (``git describe`` output without ``-dirty``
+    when it is a bare hash), the entry point, the user."""
+    import getpass
+    import sys
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)   # python -m search.run
+    entry = (f"python -m {spec.name}" if spec is not None and spec.name
+             else Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "search.run")
+    tags = {"mlflow.source.name": entry, "mlflow.source.type": "LOCAL"}
+    # git describe: "<hash>" or "<tag>-<n>-g<hash>", "-dirty" appended for uncommitted changes
+    found = re.search(r"(?:^|-g)([0-9a-f]{7,40})$", code_version.removesuffix("-dirty"))
+    if found:
+        tags["mlflow.source.git.commit"] = found.group(1)
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):      # no passwd entry (some containers)
+        pass
+    return tags
+
+
+def trial_defaults(resolved_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What every trial's configuration holds besides its searched values: the study setup's
+    fields (method, model, WiSE settings, ...) and the space's constants (``base_params``)."""
+    setup = dict(resolved_config.get("setup") or {})
+    base = dict(setup.pop("base_params", None) or {})
+    setup.pop("storage_path", None)                  # Ray's folder, not part of the model
+    return {**setup, **base}
+
+
+def _log_dataset(client: MlflowClient, run_id: str, spec: Path) -> None:
+    """The data spec (a file or a generated folder) as the run's MLflow dataset input."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    import warnings
+    # a local path resolves to MLflow's "local" dataset source; MLflow warns that a path could
+    # also be read by other (here: unused) registered sources, and picks the local one
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        source = resolve_dataset_source(str(spec.resolve()))
+    dataset = MetaDataset(source=source, name=spec.stem or spec.name)
+    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                            [InputTag("mlflow.data.context", "train")])])
+
+
+def results_note(study_name: str, table: Mapping[str, Any], best: Mapping[str, Any],
+                 soups: Mapping[str, Any], best_id: str) -> str:
+    """The study run's description (``mlflow.note.content``): the results table in Markdown."""
+    from .table import format_table
+    rows: dict[str, dict[str, float]] = {}
+    if isinstance(table.get("zeroshot"), Mapping):
+        rows["zero-shot"] = dict(table["zeroshot"])
+    if isinstance(table.get("finetuned"), Mapping):
+        rows["fine-tuned (α=1)"] = dict(table["finetuned"])
+    alpha = best.get("wise_alpha", (best.get("metrics") or {}).get("wise_alpha"))
+    if isinstance(table.get("wise"), Mapping) and alpha is not None:
+        rows[f"WiSE (α*={alpha:.2f})"] = dict(table["wise"])
+    for kind, entry in soups.items():
+        if isinstance(entry, Mapping) and isinstance(entry.get("soup"), Mapping):
+            n = len(entry.get("trials", []))
+            rows[f"{kind} soup ({n} trial{'s' if n != 1 else ''})"] = dict(entry["soup"])
+            if isinstance(entry.get("wise"), Mapping):
+                rows[f"{kind} soup + WiSE (α*={entry['selected_alpha']:.2f})"] = dict(entry["wise"])
+    head = f"**Study {study_name}**" + (f", chosen trial `{best_id}` (selected on ID val)"
+                                        if best_id else "")
+    body = format_table(rows, markdown=True) if rows else "(no results)"
+    return f"{head}\n\nAccuracy in %.\n\n{body}\n"
 
 
 class StudyRecorder:
@@ -171,8 +261,12 @@ class StudyRecorder:
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(
                                   experiment_name, artifact_location=None if artifact_location
-                                  is None else Path(artifact_location).resolve().as_uri()))
+                                  is None else Path(artifact_location).resolve().as_uri(),
+                                  # the UI then opens on the runs table, not the GenAI overview
+                                  tags={EXPERIMENT_KIND_TAG: "custom_model_development"}))
         self.parent_run_id: str | None = None
+        self.trial_defaults: dict[str, Any] = {}        # every trial's constant configuration
+        self.zeroshot: dict[str, float] = {}            # metrics of θ_zs (α = 0)
 
     def start(self, space_source_path: str | Path | None, resolved_config: Mapping[str, Any],
               data_spec_path: str | Path | None, code_version: str, resume: bool) -> str:
@@ -189,7 +283,8 @@ class StudyRecorder:
             parent = found[0] if found else None
         if parent is None:
             run = client.create_run(self.experiment_id, run_name=self.study_name, tags={
-                STUDY_TAG: self.study_name, KIND_TAG: "study", "code_version": code_version})
+                STUDY_TAG: self.study_name, KIND_TAG: "study", "code_version": code_version,
+                **source_tags(code_version)})
             run_id = run.info.run_id
         else:
             run_id = parent.info.run_id
@@ -199,6 +294,7 @@ class StudyRecorder:
             client.set_tag(run_id, f"code_version/resume_{resumes}", code_version)
             self._close_orphans(run_id)
         self.parent_run_id = run_id
+        self.trial_defaults = trial_defaults(resolved_config)
         _log_params(client, run_id, resolved_config)
         client.log_dict(run_id, json.loads(json.dumps(resolved_config, default=str)), "config.json")
         for tag, path in (("space_file", space_source_path), ("data_spec", data_spec_path)):
@@ -206,7 +302,16 @@ class StudyRecorder:
                 client.set_tag(run_id, tag, str(path))
                 if Path(path).is_file():
                     client.log_artifact(run_id, str(path), "inputs")
+        if data_spec_path is not None:
+            _log_dataset(client, run_id, Path(data_spec_path))
         return run_id
+
+    def log_pretrained(self, zeroshot: Mapping[str, float]) -> None:
+        """The zero-shot model's metrics (α = 0, evaluated once per study) as ``pretrained/...``
+        on the study run; trials' WiSE tables take their α = 0 row from them."""
+        self.zeroshot = dict(zeroshot)
+        _log_metrics(self.client, self._require_parent(),
+                     {f"{M.PRETRAINED}/{k}": M.rounded(k, v) for k, v in zeroshot.items()}, 0)
 
     def _close_orphans(self, parent_run_id: str) -> None:
         """Mark children left RUNNING by a killed driver as KILLED, saying so in a tag."""
@@ -226,41 +331,70 @@ class StudyRecorder:
                importances: Mapping[str, float]) -> None:
         """Log the study's outcome on the parent run and mark it FINISHED.
 
+        The study run holds the chosen trial's metrics and full configuration under the names its
+        trial run uses (:func:`tracked`), so the columns of the runs table line up; the chosen
+        trial's run gets the tag ``best``.
+
         ``best`` (None if no trial finished): ``trial_id``, ``params`` (or ``config``), its
-        ``wise_alpha`` (α chosen on ID val, or inside ``metrics``) and ``metrics`` (logged as
-        ``best/<name>``). ``table``: the report's final metrics, nested mappings flattened with
-        ``/`` (``{"wise": {"id_test/acc": ..}}`` -> ``wise/id_test/acc``). ``frontier_points``: one
-        dict per trial with ``trial_id`` and either ``curve`` (``{alpha: {metric: value}}``) plus
-        ``selected_alpha``, or ``metrics`` holding its ``wise_curve/...`` keys and ``wise_alpha``.
-        ``soups``: name -> its metrics (or a dict whose ``soup`` entry holds them), logged as
-        ``soup/<name>/<metric>`` and drawn as markers. ``importances``: ``importance/<param>``.
+        ``wise_alpha`` (or inside ``metrics``) and ``metrics`` (its final Tune result).
+        ``table``: the report's rows; ``zeroshot`` is logged as ``pretrained/<metric>``, other
+        rows already on the run as the chosen trial's ``ft/`` and ``wise/`` metrics are not
+        repeated. ``frontier_points``: one dict per trial with ``trial_id`` and either ``curve``
+        (``{alpha: {metric: value}}``) plus ``selected_alpha``, or ``metrics`` holding its
+        ``wise_curve/...`` keys and ``wise_alpha``. ``soups``: kind -> ``{"soup": metrics,
+        "wise": metrics, "selected_alpha": α, "trials": [...]}`` (or the soup's metrics alone),
+        logged as ``soup/<kind>/<metric>``, ``soup/<kind>/wise/<metric>`` and
+        ``soup/<kind>/wise/alpha``. ``importances``: ``importance/<param>``.
         """
         client, run_id = self.client, self._require_parent()
         best = best or {}
         best_id = str(best.get("trial_id", ""))
-        metrics = {f"best/{k}": v for k, v in metrics_of(best.get("metrics", {})).items()}
+        metrics = tracked(best.get("metrics", {}))
         if best_id:
             client.set_tag(run_id, "best_trial_id", best_id)
             child = _search(client, self.experiment_id,
                             f"tags.`{PARENT_TAG}` = '{run_id}' AND tags.{TRIAL_TAG} = '{best_id}'")
             if child:
                 client.set_tag(run_id, "best_run_id", child[0].info.run_id)
+                client.set_tag(child[0].info.run_id, "best", "true")
             params = best.get("params") or best.get("config") or {}
-            _log_params(client, run_id, {f"best/{k}": v for k, v in params.items()})
+            _log_params(client, run_id, {**self.trial_defaults, **params})
             alpha = best.get("wise_alpha", best.get("metrics", {}).get("wise_alpha"))
             if alpha is not None:
-                metrics["best/wise_alpha"] = alpha
-        metrics.update(_flatten(table))
-        soup_points = {name: s["soup"] if isinstance(s.get("soup"), Mapping) else s
-                       for name, s in soups.items() if isinstance(s, Mapping)}
-        for name, values in soup_points.items():
-            metrics.update({f"soup/{name}/{k}": v for k, v in metrics_of(values).items()})
-        metrics.update({f"importance/{k}": v for k, v in importances.items()})
+                metrics[M.WISE_ALPHA] = M.rounded(M.WISE_ALPHA, alpha)
+        for row, values in table.items():
+            if row == "zeroshot" and isinstance(values, Mapping):
+                metrics.update({f"{M.PRETRAINED}/{k}": M.rounded(k, v)
+                                for k, v in metrics_of(values).items()})
+            elif not isinstance(values, Mapping):       # a flat metric of the whole study
+                metrics.update(tracked({row: values}))
+        soup_tags = {}
+        for kind, entry in soups.items():
+            if not isinstance(entry, Mapping):
+                continue
+            plain = entry["soup"] if isinstance(entry.get("soup"), Mapping) else entry
+            metrics.update({M.soup(kind, k): M.rounded(k, v) for k, v in metrics_of(plain).items()})
+            if isinstance(entry.get("wise"), Mapping):
+                metrics.update({M.soup(kind, k, wise=True): M.rounded(k, v)
+                                for k, v in metrics_of(entry["wise"]).items()})
+            if entry.get("selected_alpha") is not None:
+                metrics[M.soup(kind, "alpha", wise=True)] = M.rounded(
+                    "alpha", entry["selected_alpha"])
+            members = entry.get("trials", entry.get("members"))
+            if members:
+                soup_tags[f"soup/{kind}/trials"] = ",".join(map(str, members))[:MAX_TAG_CHARS]
+        for tag, value in soup_tags.items():
+            client.set_tag(run_id, tag, value)
+        metrics.update({f"importance/{k}": M.rounded("importance", v)
+                        for k, v in importances.items()})
         _log_metrics(client, run_id, metrics, step=0)
         trials = [{**_frontier_trial(t), "best": str(t.get("trial_id")) == best_id}
                   for t in frontier_points]
-        _log_png(client, run_id, lambda t, s, p: study_frontier_png(t, p, s), "study_frontier.png",
-                 trials, soup_points)
+        _log_png(client, run_id, lambda t, s, p: study_frontier_png(
+            t, p, s, zeroshot=self.zeroshot or table.get("zeroshot")), "study_frontier.png",
+            trials, {k: v for k, v in soups.items() if isinstance(v, Mapping)})
+        client.set_tag(run_id, "mlflow.note.content", results_note(
+            self.study_name, table, best, soups, best_id))
         summary = {"study_name": self.study_name, "best": best, "table": table, "soups": soups,
                    "importances": importances, "frontier": trials}
         client.log_dict(run_id, json.loads(json.dumps(summary, default=_json_default)),
@@ -342,7 +476,10 @@ def _frontier_trial(entry: Mapping[str, Any]) -> dict[str, Any]:
     if any(isinstance(k, str) for k in curve):  # flat wise_curve/... keys
         curve = wise_curve(curve)
     return {"trial_id": str(entry.get("trial_id", "")), "curve": curve,
-            "selected_alpha": entry.get("selected_alpha", metrics.get("wise_alpha"))}
+            "selected_alpha": entry.get("selected_alpha", metrics.get("wise_alpha")),
+            # the report panel's points: the trial at α = 1 and at α*
+            "metrics": {k: v for k, v in metrics.items()
+                        if k.startswith((f"{M.FINETUNED}/", f"{M.WISE}/"))}}
 
 
 def _json_default(value: Any) -> Any:
@@ -350,30 +487,87 @@ def _json_default(value: Any) -> Any:
     return float(value) if isinstance(value, numbers.Real) else str(value)
 
 
+def _short(value: Any) -> str:
+    """A searched value for a run name: ``3.2e-4``, ``0.21``, ``16``, ``adamw``."""
+    if isinstance(value, float):
+        if value != 0 and not 1e-2 <= abs(value) < 1e4:
+            mantissa, _, exponent = f"{value:.1e}".partition("e")
+            return f"{mantissa}e{int(exponent)}"
+        return f"{value:.2g}"
+    return str(value)
+
+
+def trial_run_name(trial_id: str, searched: Mapping[str, Any], alpha: float | None = None,
+                   index: int | None = None) -> str:
+    """``trial-03 lr=3.2e-4 wd=0.21 α*=0.76``: the trial's number (Tune's ``<hash>_00003``), its
+    searched values and, once known, the WiSE coefficient α* selected on ID val."""
+    tail = trial_id.rpartition("_")[2]
+    number = index if index is not None else int(tail) if tail.isdigit() else None
+    parts = [f"trial-{number:02d}" if number is not None else f"trial-{trial_id}"]
+    parts += [f"{k}={_short(v)}" for k, v in searched.items()
+              if isinstance(v, (numbers.Real, str)) and not isinstance(v, bool)]
+    if alpha is not None:
+        parts.append(f"α*={alpha:.2f}")
+    return " ".join(parts)[:250]
+
+
+def curve_table(curve: Mapping[float, Mapping[str, float]], final: Mapping[str, Any],
+                zeroshot: Mapping[str, float]) -> dict[str, list[float]]:
+    """The WiSE curve as columns: ``alpha``, ``id_val/acc``, each ``ood/<set>/acc``,
+    ``ood/avg_acc``. α = 0 is the study's zero-shot result (the same weights θ_zs for every
+    trial) and α = 1 the trial's ``ft/`` metrics whenever the search did not evaluate them."""
+    points = {round(float(a), 4): dict(v) for a, v in curve.items()}
+    ft = {k[len(M.FINETUNED) + 1:]: v for k, v in final.items()
+          if k.startswith(M.FINETUNED + "/") and isinstance(v, numbers.Real)}
+    for alpha, known in ((0.0, zeroshot), (1.0, ft)):
+        if known:
+            row = points.setdefault(alpha, {})
+            for k, v in known.items():
+                row.setdefault(k, v)
+    wanted = [M.ID_VAL] + sorted({k for p in points.values() for k in p
+                                  if k.startswith("ood/") and k != M.OOD_AVG}) + [M.OOD_AVG]
+    columns = [k for k in wanted if any(k in p for p in points.values())]
+    table: dict[str, list[float]] = {"alpha": sorted(points)}
+    for k in columns:
+        table[k] = [M.rounded(k, points[a][k]) if k in points[a] else float("nan")
+                    for a in table["alpha"]]
+    return table
+
+
 class MlflowTuneCallback(Callback):
     """Records each Tune trial as a child run nested under the study's parent run.
 
-    Start: params = ``trial.config``. Each result: its metrics at step ``epoch`` (else
-    ``training_iteration``). Complete: the WiSE curve as ``wise_curve/<metric>`` at step
-    ``round(100 α)``, ``wise_curve.json`` and ``plots/frontier.png``; FINISHED. Error: FAILED, tag
-    ``error`` = the traceback's last line, ``error.txt`` = Tune's error file.
+    Start: run name ``trial-NN <searched values>``, params = the trial's full configuration (the
+    study's constants and its searched values). Each result: :func:`tracked` metrics at step
+    ``epoch`` (else ``training_iteration``). Complete: the run name gains ``α*``; the WiSE curve
+    as the table ``wise_curve.json`` (:func:`curve_table`, shown in MLflow's artifact view) and the
+    plots ``plots/wise_curve.png`` and ``plots/frontier.png``; tag ``wise_evaluations``; FINISHED
+    (tag ``stopped_early`` when the scheduler stopped it before its final result). Error: FAILED,
+    tag ``error`` = the traceback's last line, ``error.txt`` = Tune's error file.
     """
 
     def __init__(self, recorder: StudyRecorder | str, parent_run_id: str | None = None,
-                 study_name: str = "") -> None:
+                 study_name: str = "", trial_defaults: Mapping[str, Any] | None = None,
+                 zeroshot: Mapping[str, float] | None = None) -> None:
         """``MlflowTuneCallback(recorder)`` after ``recorder.start()``, or with the tracking URI
-        and the parent run id: it keeps only those strings (it must pickle)."""
+        and the parent run id: it keeps only those strings and two small dicts (it must pickle)."""
         if isinstance(recorder, StudyRecorder):
             parent_run_id, study_name = recorder._require_parent(), recorder.study_name
+            trial_defaults, zeroshot = recorder.trial_defaults, recorder.zeroshot
             recorder = recorder.client.tracking_uri
         if parent_run_id is None:
             raise ValueError("MlflowTuneCallback needs the parent run id")
         self.tracking_uri, self.parent_run_id, self.study_name = recorder, parent_run_id, study_name
+        self.trial_defaults = dict(trial_defaults or {})
+        self.zeroshot = dict(zeroshot or {})
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_runs": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"trial_defaults": {}, "zeroshot": {}, **state})  # older pickles
 
     @property
     def client(self) -> MlflowClient:
@@ -395,33 +589,53 @@ class MlflowTuneCallback(Callback):
                     self.client.update_run(run_id, status="RUNNING")
                     self.client.set_tag(run_id, "reopened", "trial resumed with the study")
             else:
-                run_id = self.client.create_run(parent.info.experiment_id, run_name=trial_id, tags={
+                name = self._name(trial)
+                source = {k: v for k, v in parent.data.tags.items()     # same code, same user
+                          if k.startswith("mlflow.source.") or k == "mlflow.user"}
+                run_id = self.client.create_run(parent.info.experiment_id, run_name=name, tags={
                     PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, KIND_TAG: "trial",
-                    STUDY_TAG: self.study_name}).info.run_id
+                    STUDY_TAG: self.study_name, **source}).info.run_id
             self._runs[trial_id] = run_id
         return self._runs[trial_id]
 
+    def _name(self, trial: Any, alpha: float | None = None) -> str:
+        # Tune numbers its trials in experiment_tag ("3_lr=0.0006,..."); its trial id is a hash
+        number = str(getattr(trial, "experiment_tag", "")).partition("_")[0]
+        return trial_run_name(str(trial.trial_id), dict(trial.config), alpha,
+                              int(number) if number.isdigit() else None)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _log_params(self.client, self.run_id(trial), dict(trial.config))
+        _log_params(self.client, self.run_id(trial), {**self.trial_defaults, **trial.config})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        step = result.get("epoch", result.get("training_iteration", 0))
-        _log_metrics(self.client, self.run_id(trial), metrics_of(result), step=int(step or 0))
+        step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
+        if result.get("final") == 1.0:     # the WiSE result comes after the last epoch's: it
+            step = max(0, step - 1)          # belongs to that epoch, not to an extra one
+        _log_metrics(self.client, self.run_id(trial), tracked(result), step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Tune has already passed every result (the last included) to on_trial_result.
         run_id, result = self.run_id(trial), trial.last_result or {}
-        curve = wise_curve(result)
-        for alpha, values in curve.items():
-            _log_metrics(self.client, run_id, {CURVE_PREFIX + m: v for m, v in values.items()},
-                         step=round(alpha * 100))
+        curve, alpha = wise_curve(result), result.get("wise_alpha")
+        for tag in sorted(NOT_METRICS - {"final"}):
+            if tag in result:
+                self.client.set_tag(run_id, tag, f"{result[tag]:g}")
+        if result.get("final") != 1.0:
+            self.client.set_tag(run_id, "stopped_early", "stopped by the scheduler before "
+                                "its WiSE selection")
         if curve:
-            self.client.log_dict(run_id, {f"{a:.2f}": v for a, v in curve.items()},
-                                 "wise_curve.json")
-            title = f"WiSE-FT frontier of trial {trial.trial_id}"
+            table = curve_table(curve, metrics_of(result), self.zeroshot)
+            self.client.log_table(run_id, table, "wise_curve.json")
+            title = f"WiSE-FT of {self._name(trial, alpha)}"
+            _log_png(self.client, run_id, lambda t, a, p: wise_curve_png(t, a, p, title),
+                     "wise_curve.png", table, alpha)
+            full = {a: {k: table[k][i] for k in table if k != "alpha" and table[k][i] == table[k][i]}
+                    for i, a in enumerate(table["alpha"])}      # v == v: not NaN
             _log_png(self.client, run_id, lambda c, a, p: trial_frontier_png(c, a, p, title),
-                     "frontier.png", curve, result.get("wise_alpha"))
+                     "frontier.png", dict(sorted(full.items())), alpha)
+        if alpha is not None:
+            self.client.update_run(run_id, name=self._name(trial, alpha))
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -437,5 +651,6 @@ class MlflowTuneCallback(Callback):
         self.client.set_terminated(run_id, "FAILED")
 
 
-__all__ = ["MlflowTuneCallback", "StudyRecorder", "TrackingError", "ensure_tracking",
-           "log_model", "metrics_of", "wise_curve"]
+__all__ = ["MlflowTuneCallback", "StudyRecorder", "TrackingError", "curve_table",
+           "ensure_tracking", "log_model", "metrics_of", "tracked", "trial_run_name",
+           "wise_curve"]

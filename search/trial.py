@@ -38,6 +38,8 @@ from . import faults
 from .plan import TrialPlan, plan_trial
 from .selection import select_alpha
 
+#: set (to 1) by ``search.run --verbose``: workers keep the libraries' INFO lines too
+VERBOSE_ENV = "ROBUST_SEARCH_VERBOSE"
 OBJECTIVE = "objective"      # what Tune, Optuna and ASHA maximise: ID-val accuracy
 FINAL = "final"              # 1.0 on the result that carries the WiSE selection
 
@@ -211,8 +213,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """One trial's worker under Ray: Ray Train's per-worker function (a worker group), or run
     directly in the Tune trial actor (``StudySetup.in_trial_process``); ``loop_config`` =
     params, setup, run_name. Ray is imported here only, never by :func:`run_worker`."""
+    import logging
+    import os
+
     from .ray_session import RaySession
 
+    if not os.environ.get(VERBOSE_ENV):   # Train's INFO line per saved checkpoint: every epoch
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     setup = StudySetup(**loop_config["setup"])
     if setup.torch_threads:
         torch.set_num_threads(setup.torch_threads)

@@ -41,7 +41,7 @@ def _run(capsys, args: list[str]) -> tuple[int, str]:
 
 
 CASES = {
-    "unknown method": (["--method", "nope"], "unknown method 'nope'"),
+    "unknown method": (["--method", "nope"], "invalid choice: 'nope'"),
     "space of another method": (["--method", "car-ft", "--space", "spaces/ft.yaml"], "ft"),
     "unknown key": (["--method", "ft", "--space", "SPACE:params.colour=1"], "colour"),
     "inverted log bounds": (["--method", "ft", "--space",

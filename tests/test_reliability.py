@@ -234,6 +234,15 @@ def test_failing_trial_and_killed_worker(tmp_path, data, mode):
     assert runs[index[0]].info.status == "FAILED"
     assert "injected fault" in runs[index[0]].data.tags["error"]
     assert runs[index[1]].info.status == "FINISHED"
+    # one namespace: the study run holds the chosen trial's final values under the same names
+    chosen = runs[index[1]].data
+    assert chosen.tags["best"] == "true" and chosen.params["method"] == "ft"
+    final = {k for k in chosen.metrics if k.startswith(("ft/", "wise/"))}
+    assert "wise/alpha" in final and "ft/id_test/acc" in final and "wise/ood/avg_acc" in final
+    assert all(parent.data.metrics[k] == chosen.metrics[k] for k in final)
+    assert "pretrained/id_test/acc" in parent.data.metrics
+    assert not [k for k in parent.data.metrics if k.startswith(("best/", "finetuned/"))]
+    assert parent.data.tags["mlflow.source.git.commit"]
     assert (out / "ray" / "train").is_dir() == bool(mode)   # Train's storage only for a group
     _check_layout(out)
 

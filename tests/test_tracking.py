@@ -1,6 +1,7 @@
 """MLflow tracking: one parent run per study, one nested child per trial, resumable in place."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,10 @@ import pytest
 import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
-from search.tracking import (MlflowTuneCallback, StudyRecorder, TrackingError, ensure_tracking,
-                             metrics_of, wise_curve)
+from search.plots import frontier_data, study_frontier_png
+from search.tracking import (MlflowTuneCallback, StudyRecorder, TrackingError, curve_table,
+                             ensure_tracking, metrics_of, tracked, trial_run_name, wise_curve)
+from trainables import metrics as M
 
 ALPHAS = [i / 10 for i in range(11)]
 
@@ -32,8 +35,10 @@ def epoch_result(trial: FakeTrial, epoch: int, final: bool = False) -> dict[str,
         "timestamp": 1700000000, "date": "2025-01-01", "hostname": "h", "pid": 1,
         "node_ip": "127.0.0.1", "done": final, "trial_id": trial.trial_id, "config": trial.config,
         "checkpoint_dir_name": "checkpoint_000001"}
-    if final:
-        result.update({"wise_alpha": 0.6, "ft/ood/avg_acc": 0.66, "wise/id_test/acc": 0.9})
+    if final:   # the trial's last result, after its last epoch: WiSE selection and report
+        del result["id_val/acc"], result["train/loss"]
+        result.update({"wise_alpha": 0.6, "ft/ood/avg_acc": 66.0, "wise/id_test/acc": 90.0,
+                       "ft/id_val/acc": 88.123456, "final": 1.0, "wise_evaluations": 11.0})
         for a in ALPHAS:
             result[f"wise_curve/{a:.2f}/id_val/acc"] = 0.79 + 0.12 * a
             result[f"wise_curve/{a:.2f}/id_test/acc"] = 0.78 + 0.13 * a
@@ -44,8 +49,8 @@ def epoch_result(trial: FakeTrial, epoch: int, final: bool = False) -> dict[str,
 
 def run_trial(callback: MlflowTuneCallback, trial: FakeTrial, epochs: int = 2) -> None:
     callback.on_trial_start(0, [], trial)
-    for epoch in range(1, epochs + 1):
-        callback.on_trial_result(0, [], trial, epoch_result(trial, epoch, final=epoch == epochs))
+    for epoch in range(1, epochs + 2):
+        callback.on_trial_result(0, [], trial, epoch_result(trial, epoch, final=epoch > epochs))
     callback.on_trial_complete(0, [], trial)
 
 
@@ -63,8 +68,9 @@ def start(client: MlflowClient, tmp_path: Path, resume: bool = False) -> StudyRe
     (tmp_path / "space.yaml").write_text("method: ft\nparams: {lr: 1.0e-3}\n")
     (tmp_path / "data.json").write_text("{}")
     recorder = StudyRecorder(client, f"robust-ft-{tmp_path.name}", "study-a")
-    recorder.start(tmp_path / "space.yaml", {"method": "ft", "space": {"lr": 1e-3}},
-                   tmp_path / "data.json", "abc123", resume=resume)
+    recorder.start(tmp_path / "space.yaml", {"method": "ft", "space": {"lr": 1e-3}, "setup": {
+        "method": "ft", "storage_path": "ray", "base_params": {"wd": 0.1}}},
+                   tmp_path / "data.json", "abc1234-dirty", resume=resume)
     return recorder
 
 
@@ -92,27 +98,50 @@ def test_study_parent_children_metrics_and_artifacts(client: MlflowClient, tmp_p
     trials[2].error_file = str(error_file)
     callback.on_trial_error(0, [], trials[2])
 
+    recorder.log_pretrained({"id_val/acc": 70.0, "id_test/acc": 69.0, "ood/avg_acc": 60.0,
+                             "zeroshot/avg_acc": 55.0})
     curve = wise_curve(trials[0].last_result)
     frontier = [{"trial_id": t.trial_id, "curve": curve, "selected_alpha": 0.6} for t in trials[:2]]
-    soups = {"uniform": {"id_test/acc": 0.88, "ood/avg_acc": 0.8, "members": ["t_00000"]}}
-    recorder.finish(best={"trial_id": "t_00000", "params": trials[0].config, "wise_alpha": 0.6},
-                    table={"id_test/acc": 0.91, "wise": {"id_test/acc": 0.89}},
-                    frontier_points=frontier, soups=soups, importances={"lr": 0.8})
+    soup = {"trials": ["t_00000", "t_00001"], "selected_alpha": 0.7,
+            "soup": {"id_test/acc": 88.0, "ood/avg_acc": 80.0},
+            "wise": {"id_test/acc": 89.0, "ood/avg_acc": 81.0}}
+    table = {"zeroshot": {"id_test/acc": 69.0, "zeroshot/avg_acc": 55.0},
+             "finetuned": {"id_test/acc": 91.0}, "wise": {"id_test/acc": 65.39999999999999}}
+    recorder.finish(best={"trial_id": "t_00000", "params": trials[0].config, "wise_alpha": 0.6,
+                          "metrics": trials[0].last_result},
+                    table=table, frontier_points=frontier,
+                    soups={"uniform": soup, "greedy": dict(soup)}, importances={"lr": 0.8})
 
     runs = children(client, recorder)
     assert set(runs) == {t.trial_id for t in trials}
     done = runs["t_00000"]
     assert done.info.status == "FINISHED" and done.data.params["lr"] == "0.001"
+    # the full configuration: the study's constants and setup, not only the searched values
+    assert done.data.params["wd"] == "0.1" and done.data.params["method"] == "ft"
+    assert "storage_path" not in done.data.params
+    assert done.info.run_name == "trial-00 lr=1.0e-3 epochs=2 α*=0.60"
+    assert done.data.tags["best"] == "true" and "best" not in runs["t_00001"].data.tags
+    assert done.data.tags["wise_evaluations"] == "11"
+    assert done.data.tags["mlflow.source.git.commit"] == "abc1234"     # the study's code
     history = client.get_metric_history(done.info.run_id, "id_val/acc")
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.6), (2, 0.7)]
     assert "time_this_iter_s" not in done.data.metrics and "pid" not in done.data.metrics
     assert "training_iteration" not in done.data.metrics
-    assert done.data.metrics["wise_alpha"] == 0.6 and "ft/ood/avg_acc" in done.data.metrics
-    assert not any(k.startswith("wise_curve/0") for k in done.data.metrics)
-    points = client.get_metric_history(done.info.run_id, "wise_curve/id_val/acc")
-    assert sorted(m.step for m in points) == list(range(0, 101, 10))
-    assert "plots/frontier.png" in artifacts(client, done.info.run_id, "plots")
+    # bookkeeping is not a metric; Tune's objective duplicates id_val/acc and wise/id_val/acc
+    assert not {"final", "wise_evaluations", "objective", "wise_alpha"} & set(done.data.metrics)
+    assert done.data.metrics["wise/alpha"] == 0.6 and done.data.metrics["ft/ood/avg_acc"] == 66.0
+    assert done.data.metrics["ft/id_val/acc"] == 88.12                   # to 0.01 points
+    # the final result (Tune's epoch 3) belongs to the last trained epoch, not an invented one
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "wise/alpha")] == [2]
+    assert not any(k.startswith("wise_curve") for k in done.data.metrics)  # a table, not steps
+    assert {"plots/frontier.png", "plots/wise_curve.png"} <= artifacts(client, done.info.run_id,
+                                                                        "plots")
     assert "wise_curve.json" in artifacts(client, done.info.run_id)
+    wise_table = json.loads(Path(client.download_artifacts(done.info.run_id, "wise_curve.json",
+                                                           str(tmp_path))).read_text())
+    assert wise_table["columns"] == ["alpha", "id_val/acc", "ood/avg_acc"]
+    rows = {row[0]: row for row in wise_table["data"]}
+    assert sorted(rows) == ALPHAS and rows[0.0][1] == 0.79   # the curve's own α = 0 point wins
 
     failed = runs["t_00002"]
     assert failed.info.status == "FAILED"
@@ -123,17 +152,80 @@ def test_study_parent_children_metrics_and_artifacts(client: MlflowClient, tmp_p
     assert parent.info.status == "FINISHED" and parent.data.tags["study_name"] == "study-a"
     assert parent.data.tags["best_trial_id"] == "t_00000"
     assert parent.data.tags["best_run_id"] == done.info.run_id
-    assert parent.data.params["best/lr"] == "0.001" and parent.data.params["method"] == "ft"
-    assert parent.data.params["space/lr"] == "0.001"
+    assert parent.data.tags["mlflow.source.git.commit"] == "abc1234"
+    assert "| model |" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.params["lr"] == "0.001" and parent.data.params["method"] == "ft"
+    assert parent.data.params["space/lr"] == "0.001" and parent.data.params["wd"] == "0.1"
     assert parent.data.tags["data_spec"] == str(tmp_path / "data.json")
+    (dataset,) = parent.inputs.dataset_inputs
+    assert dataset.dataset.name == "data" and dataset.dataset.source_type == "local"
     metrics = parent.data.metrics
-    assert metrics["importance/lr"] == 0.8 and metrics["best/wise_alpha"] == 0.6
-    assert metrics["wise/id_test/acc"] == 0.89 and metrics["soup/uniform/id_test/acc"] == 0.88
+    # one namespace: the study run holds the chosen trial's values under the trial's names
+    final_names = set(done.data.metrics) - {"id_val/acc", "train/loss"}   # per-epoch only
+    assert final_names <= set(metrics)
+    assert all(metrics[k] == done.data.metrics[k] for k in final_names)
+    assert not [k for k in metrics if k.startswith(("best/", "finetuned/", "zeroshot/zeroshot"))]
+    assert "final" not in metrics and "wise_evaluations" not in metrics
+    assert metrics["importance/lr"] == 0.8 and metrics["wise/alpha"] == 0.6
+    assert metrics["pretrained/id_test/acc"] == 69.0 and metrics["pretrained/ood/avg_acc"] == 60.0
+    assert metrics["pretrained/zeroshot/avg_acc"] == 55.0
+    for kind in ("uniform", "greedy"):
+        assert metrics[f"soup/{kind}/id_test/acc"] == 88.0
+        assert metrics[f"soup/{kind}/wise/id_test/acc"] == 89.0
+        assert metrics[f"soup/{kind}/wise/alpha"] == 0.7
+        assert parent.data.tags[f"soup/{kind}/trials"] == "t_00000,t_00001"
     top = artifacts(client, recorder.parent_run_id)
     assert {"config.json", "summary.json", "inputs", "plots"} <= top
     assert artifacts(client, recorder.parent_run_id, "inputs") == {"inputs/space.yaml",
                                                                    "inputs/data.json"}
     assert "plots/study_frontier.png" in artifacts(client, recorder.parent_run_id, "plots")
+
+
+def test_metric_values_are_rounded_to_what_was_measured() -> None:
+    assert M.rounded("wise/id_test/acc", 65.39999999999999) == 65.4
+    assert M.rounded("ood/avg_acc", 65.4567) == 65.46
+    assert M.rounded("wise/alpha", 0.763932) == 0.7639
+    assert M.rounded("time/setup_s", 12.345) == 12.3
+    assert M.rounded("train/loss", 0.123456) == 0.1235
+    assert tracked({"objective": 1.0, "wise_alpha": 0.5, "final": 1.0, "id_val/acc": 70.004}) == {
+        "wise/alpha": 0.5, "id_val/acc": 70.0}
+
+
+def test_trial_run_names() -> None:
+    assert trial_run_name("ab12_00003", {"lr": 3.2e-4, "wd": 0.21}, 0.7639) == \
+        "trial-03 lr=3.2e-4 wd=0.21 α*=0.76"
+    assert trial_run_name("x", {"optimizer": "adamw", "flag": True}) == "trial-x optimizer=adamw"
+
+
+def test_wise_table_adds_zero_shot_and_fine_tuned_ends() -> None:
+    curve = {0.3: {"id_val/acc": 80.0}, 0.7639: {"id_val/acc": 82.0}}
+    table = curve_table(curve, {"ft/id_val/acc": 81.0, "ft/ood/a/acc": 50.0,
+                                "ft/ood/avg_acc": 50.0},
+                        {"id_val/acc": 70.0, "ood/a/acc": 60.0, "ood/avg_acc": 60.0})
+    assert table["alpha"] == [0.0, 0.3, 0.7639, 1.0]
+    assert table["id_val/acc"] == [70.0, 80.0, 82.0, 81.0]
+    assert table["ood/avg_acc"][0] == 60.0 and table["ood/avg_acc"][3] == 50.0
+
+
+def test_frontier_marks_the_selected_alpha_zero_shot_and_both_soups(tmp_path: Path) -> None:
+    curve = {a: {"id_val/acc": 70 + 10 * a, "ood/avg_acc": 60 - a} for a in
+             (0.0, 0.382, 0.618, 0.7639, 1.0)}          # golden-section α, stored to 4 decimals
+    trials = [{"trial_id": "t1", "curve": curve, "selected_alpha": 0.7639, "best": True,
+               "metrics": {"ft/id_test/acc": 79.0, "ft/ood/avg_acc": 59.0,
+                           "wise/id_test/acc": 78.0, "wise/ood/avg_acc": 59.5}}]
+    same = {"soup": {"id_test/acc": 80.0, "ood/avg_acc": 58.0},
+            "wise": {"id_test/acc": 81.0, "ood/avg_acc": 58.5}}
+    soups = {"uniform": same, "greedy": dict(same)}
+    zeroshot = {"id_test/acc": 69.0, "id_val/acc": 70.0, "ood/avg_acc": 60.0}
+    data = frontier_data(trials, soups, zeroshot)
+    (entry,) = data["selection"]
+    assert entry["selected"] == (0.7639, 60 - 0.7639, 70 + 7.639)
+    assert entry["wise"] == (59.5, 78.0) and entry["ft"] == (59.0, 79.0)
+    assert data["zero_shot"] == (60.0, 69.0)
+    labels = [(s["label"], s["offset"]) for s in data["soups"]]
+    assert labels == [("uniform soup", 0), ("uniform soup + WiSE", 0), ("greedy soup", 1),
+                      ("greedy soup + WiSE", 1)]                 # coinciding soups: offset labels
+    assert study_frontier_png(trials, tmp_path / "f.png", soups, zeroshot=zeroshot).is_file()
 
 
 def test_resume_reuses_parent_and_children(client: MlflowClient, tmp_path: Path) -> None:
@@ -156,7 +248,8 @@ def test_resume_reuses_parent_and_children(client: MlflowClient, tmp_path: Path)
 
     restored = cloudpickle.loads(pickled)
     restored.on_trial_start(0, [], killed)  # Tune restarts the unfinished trial
-    restored.on_trial_result(0, [], killed, epoch_result(killed, 2, final=True))
+    restored.on_trial_result(0, [], killed, epoch_result(killed, 2))
+    restored.on_trial_result(0, [], killed, epoch_result(killed, 3, final=True))
     restored.on_trial_complete(0, [], killed)
     runs = children(client, again)
     assert len(runs) == 2 and runs["t_00001"].info.status == "FINISHED"
@@ -169,7 +262,7 @@ def test_resume_reuses_parent_and_children(client: MlflowClient, tmp_path: Path)
 
 def test_metrics_of_skips_bookkeeping() -> None:
     trial = FakeTrial("t", {"lr": 1.0})
-    result = epoch_result(trial, 2, final=True)
+    result = {**epoch_result(trial, 2), **epoch_result(trial, 3, final=True)}
     result["nested"] = {"acc": 0.5}
     metrics = metrics_of(result)
     assert {"id_val/acc", "train/loss", "objective", "wise_alpha", "nested/acc"} <= set(metrics)

@@ -62,10 +62,41 @@ def at(prefix: str, metric: str) -> str:
 
 
 def curve(alpha: float, metric: str) -> str:
-    """A point of the WiSE curve: ``curve(0.3, ID_VAL)`` -> ``"wise_curve/0.30/id_val/acc"``."""
-    return f"wise_curve/{alpha:.2f}/{metric}"
+    """A point of the WiSE curve: ``curve(0.3, ID_VAL)`` -> ``"wise_curve/0.3000/id_val/acc"``.
+
+    α keeps 4 decimals, as :func:`rounded` stores the selected α, so the selected point is found on
+    the curve by equality (a golden-section α such as 0.7639 is not collapsed to 0.76)."""
+    return f"wise_curve/{alpha:.4f}/{metric}"
 
 
 def is_selectable(name: str) -> bool:
     """Whether a metric may drive selection: ID validation only."""
     return name == ID_VAL or name.endswith("/" + ID_VAL)
+
+
+# --- MLflow names (search/tracking.py) -----------------------------------------------------------
+# One namespace on the study run and its trial runs: a model's prefix, then the metric name above.
+PRETRAINED = "pretrained"      # the zero-shot model θ_zs (α = 0), evaluated once per study
+FINETUNED = "ft"               # θ_ft (α = 1)
+WISE = "wise"                  # θ(α*) with α* selected on ID val
+WISE_ALPHA = "wise/alpha"      # α*, logged under this name (a Tune result says ``wise_alpha``)
+
+
+def soup(kind: str, metric: str, wise: bool = False) -> str:
+    """A soup's metric: ``soup("greedy", ID_TEST)`` -> ``"soup/greedy/id_test/acc"``; with
+    ``wise=True`` the soup + WiSE model's: ``"soup/greedy/wise/id_test/acc"``."""
+    return f"soup/{kind}/{WISE + '/' if wise else ''}{metric}"
+
+
+def rounded(name: str, value: float) -> float:
+    """``value`` to the precision it was measured with: accuracies and F1 (percentages) to 0.01
+    points, α to 4 decimals, seconds to 0.1 s, anything else (losses, importances) to 4
+    significant digits."""
+    last = name.rpartition("/")[2]
+    if last in METRIC_KINDS or last.startswith("avg_") or name in (B2N_HM,) or last == "hm":
+        return round(float(value), 2)
+    if last == "alpha" or name == "wise_alpha":
+        return round(float(value), 4)
+    if name.startswith("time/") or last.endswith("_s"):
+        return round(float(value), 1)
+    return float(f"{float(value):.4g}")

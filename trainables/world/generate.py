@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from .captions import CLASS_TEMPLATES, CONTEXT_TEMPLATES, STYLE_TEMPLATES, caption, noisy_caption
 from .render import (BACKGROUNDS, COLOURS, HELDOUT_CLASSES, ID_CLASSES, SHAPES, SIZES, STYLES,
@@ -192,11 +193,21 @@ def generate_world(out: Path, seed: int = 0, sizes: str = "default", workers: in
     try:
         jobs = [(name, seed, a, min(a + 1000, n), str(tmp))
                 for name, n in counts.items() for a in range(0, n, 1000)]
+        # a bar: generating the default world takes minutes on 2 cores
+        bar = tqdm(total=len(jobs), desc="generating the world", unit="chunk",
+                   disable=len(jobs) < 2)
         if workers > 1 and len(jobs) > 1:
             with mp.get_context("fork").Pool(min(workers, 2)) as pool:  # at most 2 processes
-                results = pool.map(_write_chunk, jobs, chunksize=1)
+                results = []
+                for result in pool.imap(_write_chunk, jobs, chunksize=1):   # in job order
+                    results.append(result)
+                    bar.update()
         else:
-            results = [_write_chunk(job) for job in jobs]
+            results = []
+            for job in jobs:
+                results.append(_write_chunk(job))
+                bar.update()
+        bar.close()
         rows: dict[str, list[dict[str, str]]] = {name: [] for name in counts}
         for job, chunk in zip(jobs, results):
             rows[job[0]].extend(chunk)
