@@ -132,7 +132,8 @@ class OverheadRun:
 def _timed_study(bench: Bench, output: Path, flags: list[str]) -> OverheadRun:
     """Run figure 2's study once (``flags``: extra CLI flags) and time its phases."""
     import search.ray_setup as ray_setup
-    from .tracking import MlflowTuneCallback, StudyRecorder
+    from .tracking import StudyRecorder
+    from .tune_callback import MlflowTuneCallback
     method, space, n, overrides = OVERHEAD[bench.quick]
     _shutdown_ray()                     # each study starts the Ray its mode needs
     t: dict[str, float] = {}

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from clipmodel import folder as model_folder
 from trainables import metrics as M

@@ -35,9 +35,19 @@ def _xy(curve: Curve, id_metric: str) -> list[tuple[float, float, float]]:
 def _finish(fig: Any, ax: Any, id_metric: str, title: str, path: str | Path) -> Path:
     ax.set_xlabel(f"OOD accuracy, mean over shifts ({OOD_AVG}) [%]")
     ax.set_ylabel(f"ID accuracy ({id_metric}) [%]")
+    return _save(fig, ax, title, path)
+
+
+def _save(fig: Any, ax: Any, title: str, path: str | Path, legend_size: int = 8) -> Path:
+    """Title, grid and legend on ``ax``; ``fig`` written to ``path`` (folders made) and closed."""
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    ax.legend(loc="best", fontsize=legend_size, framealpha=0.9)
+    return _write(fig, path)
+
+
+def _write(fig: Any, path: str | Path) -> Path:
+    """``fig`` laid out, written to ``path`` (folders made) and closed."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,12 +182,7 @@ def study_frontier_png(trials: Sequence[Mapping[str, Any]], path: str | Path,
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=7, framealpha=0.9)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _write(fig, path)
 
 
 def wise_curve_png(table: Mapping[str, Sequence[float]], selected_alpha: float | None,
@@ -200,15 +205,7 @@ def wise_curve_png(table: Mapping[str, Sequence[float]], selected_alpha: float |
                    label=f"α* = {selected_alpha:.2f}")
     ax.set_xlabel("α (0 = zero-shot, 1 = fine-tuned)")
     ax.set_ylabel("accuracy [%]")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=7, framealpha=0.9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, title, path, legend_size=7)
 
 
 __all__ = ["frontier_data", "study_frontier_png", "trial_frontier_png", "wise_curve_png"]

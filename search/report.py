@@ -31,7 +31,7 @@ from trainables.methods import METHODS
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 from .table import format_table
-from .tracking import wise_curve
+from .mlflow_names import wise_curve
 from .trial import StudySetup, prepare, wise_evaluation
 
 LR_SCALE = 1e-3 / 3e-5

@@ -250,7 +250,7 @@ class Study:
 
     def _tune(self, recorder) -> list[dict[str, Any]]:
         from .optuna_study import open_study
-        from .tracking import MlflowTuneCallback
+        from .tune_callback import MlflowTuneCallback
         from .tuner import make_tuner, restore_tuner
 
         storage = self.output / "ray"
@@ -328,7 +328,7 @@ class Study:
         """Write the chosen model (ID val only) to OUTPUT/model, log it on the parent run as an
         MLflow pyfunc model and register it (unless --no-register)."""
         from .export import chosen_source, export_model
-        from .tracking import log_model
+        from .model_registry import log_model
         source = chosen_source(summary, trials)
         target = self.output / "model"
         info = export_model(self.setup, source, target, summary, code_version(),
@@ -404,7 +404,7 @@ class Study:
         for trial_id, error in (summary.get("errors") or {}).items():
             print(f"Failed trial {trial_id}: {error}")
         if "best_trial" in summary:
-            from .tracking import trial_run_name
+            from .mlflow_names import trial_run_name
             print(f"Best trial {summary['best_trial']} (selected on ID val): "
                   + trial_run_name(summary["best_trial"], summary["best_params"]).partition(" ")[2])
         print("Top-1 accuracy in % (ID test, each shift and their mean, zero-shot sets):")

@@ -5,8 +5,8 @@ never MLflow's fluent global state, so a sqlite store sees a single writer. Runs
 tag (parent: ``study_name`` + ``run_kind=study``; child: ``mlflow.parentRunId`` + ``trial_id``), so
 a resumed study re-opens its parent and its trials' children instead of duplicating them.
 
-:class:`MlflowTuneCallback` is pickled into Tune's ``tuner.pkl`` (``Tuner.restore`` re-uses it), so
-it holds only the tracking URI and run ids and opens its client lazily.
+:mod:`search.tune_callback` records the trials (a Ray ``Callback``); :mod:`search.model_registry`
+logs and registers the chosen model.
 """
 from __future__ import annotations
 
@@ -23,28 +23,17 @@ from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
-from ray.tune.utils import flatten_dict
 
 from trainables import metrics as M
 from trainables.errors import InputError
 
-from .plots import study_frontier_png, trial_frontier_png, wise_curve_png
+from .mlflow_names import _flatten, _key, metrics_of, tracked, wise_curve
+from .plots import study_frontier_png
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-CURVE_PREFIX = "wise_curve/"
 MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
-#: Ray's bookkeeping keys in a result (ray.tune.result.AUTO_RESULT_KEYS and friends): not metrics
-BOOKKEEPING = frozenset({
-    "done", "trial_id", "experiment_id", "experiment_tag", "date", "timestamp", "hostname",
-    "node_ip", "pid", "config", "training_iteration", "epoch", "time_this_iter_s", "time_total_s",
-    "time_since_restore", "timesteps_since_restore", "iterations_since_restore", "timesteps_total",
-    "episodes_total", "checkpoint_path", "checkpoint_dir_name", "should_checkpoint"})
-#: numbers a trial reports that describe the run, not a measurement: tags on its run
-NOT_METRICS = frozenset({"final", "wise_evaluations"})
-_BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
 
 
 class TrackingError(InputError):
@@ -88,16 +77,6 @@ def ensure_tracking(uri: str) -> None:
                 f"--workers 1) or {fix_local}") from None
 
 
-def _flatten(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested mappings as one level, keys joined with ``/`` (Ray's own flattening)."""
-    return flatten_dict(dict(values), delimiter="/")
-
-
-def _key(name: str) -> str:
-    """A metric/param name MLflow accepts (letters, digits, ``_-. /``)."""
-    return _BAD_KEY_CHARS.sub("_", name)
-
-
 def _log_params(client: MlflowClient, run_id: str, values: Mapping[str, Any]) -> None:
     """Log params not yet on the run (params are immutable); a changed value becomes a tag."""
     logged = client.get_run(run_id).data.params
@@ -139,39 +118,6 @@ def _log_png(client: MlflowClient, run_id: str, draw: Any, name: str, *args: Any
         path = draw(*args, Path(tmp) / name)
         if path is not None:
             client.log_artifact(run_id, str(path), "plots")
-
-
-def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
-    """The metric values of a Tune result: numeric, not Ray bookkeeping, not WiSE-curve points."""
-    return {k: v for k, v in _flatten(result).items()
-            if k not in BOOKKEEPING and not k.startswith((CURVE_PREFIX, "config/", "__"))
-            and isinstance(v, numbers.Real) and not isinstance(v, bool)}
-
-
-def tracked(result: Mapping[str, Any]) -> dict[str, float]:
-    """A Tune result's metrics under their MLflow names, rounded (:func:`M.rounded`).
-
-    The same function names a trial run's metrics and the study run's copy of the chosen trial,
-    so both carry one namespace. Dropped: ``objective`` (Tune's copy of ``id_val/acc`` per epoch
-    and of ``wise/id_val/acc`` at the end), and the bookkeeping in :data:`NOT_METRICS` (tags).
-    ``wise_alpha`` becomes :data:`M.WISE_ALPHA`."""
-    out = {}
-    for key, value in metrics_of(result).items():
-        if key == "objective" or key in NOT_METRICS:
-            continue
-        key = M.WISE_ALPHA if key == "wise_alpha" else _key(key)
-        out[key] = M.rounded(key, value)
-    return out
-
-
-def wise_curve(result: Mapping[str, Any]) -> dict[float, dict[str, float]]:
-    """``{alpha: {metric: value}}`` from a result's ``wise_curve/<alpha:.2f>/<metric>`` keys."""
-    curve: dict[float, dict[str, float]] = {}
-    for key, value in _flatten(result).items():
-        if key.startswith(CURVE_PREFIX) and isinstance(value, numbers.Real):
-            alpha, _, metric = key[len(CURVE_PREFIX):].partition("/")
-            curve.setdefault(float(alpha), {})[metric] = float(value)
-    return dict(sorted(curve.items()))
 
 
 def source_tags(code_version: str) -> dict[str, str]:
@@ -322,8 +268,10 @@ class StudyRecorder:
                                 "left RUNNING by a killed driver; closed when the study resumed")
             self.client.set_terminated(run.info.run_id, "KILLED")
 
-    def callback(self) -> "MlflowTuneCallback":
-        """The Tune callback that records this study's trials as nested runs."""
+    def callback(self) -> Any:
+        """The Tune callback that records this study's trials as nested runs
+        (:class:`search.tune_callback.MlflowTuneCallback`)."""
+        from .tune_callback import MlflowTuneCallback
         return MlflowTuneCallback(self)
 
     def finish(self, best: Mapping[str, Any] | None, table: Mapping[str, Any],
@@ -413,62 +361,6 @@ class StudyRecorder:
         return self.parent_run_id
 
 
-def log_model(tracking_uri: str, run_id: str, folder: Path, register_as: str | None,
-              info: Mapping[str, Any]) -> dict[str, Any]:
-    """Log the model folder on run ``run_id`` as an MLflow pyfunc model and, unless
-    ``register_as`` is None, register it under that name in the Model Registry. Returns
-    ``{mlflow_model_uri, registered_model, version}``.
-
-    The pyfunc (``clipmodel.pyfunc``) is logged as code, ``clipmodel/mlflow_model.py`` with the
-    ``clipmodel`` package (nothing pickled), with an input/output signature and an input example
-    (one encoded image).
-
-    MLflow's ``log_model`` is fluent (it logs on the active run of the tracking URI in effect):
-    the URI is set through the environment for this call only, and the finished parent run is
-    re-opened for it and closed again (FINISHED)."""
-    import io
-
-    import clipmodel
-    import mlflow
-    import numpy as np
-    import open_clip
-    import pandas as pd
-    import PIL
-    import PIL.Image
-    import safetensors
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import DataType
-    from mlflow.types.schema import Array, ColSpec, Schema
-    from clipmodel.pyfunc import ARTIFACT
-
-    package = Path(clipmodel.__file__).parent
-    signature = ModelSignature(
-        inputs=Schema([ColSpec(DataType.string, "path", required=False),
-                       ColSpec(DataType.binary, "image", required=False)]),
-        outputs=Schema([ColSpec(DataType.string, "label"),
-                        ColSpec(Array(DataType.double), "probabilities")]))
-    # the input example: one encoded image (portable, unlike a path on this machine)
-    example = io.BytesIO()
-    PIL.Image.fromarray(np.full((32, 32, 3), 127, np.uint8)).save(example, format="PNG")
-    requirements = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                    f"open_clip_torch=={open_clip.__version__}",
-                    f"safetensors=={safetensors.__version__}", f"pillow=={PIL.__version__}",
-                    f"pandas=={pd.__version__}"]
-    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": tracking_uri,
-                                      "MLFLOW_REGISTRY_URI": tracking_uri}):
-        with mlflow.start_run(run_id=run_id):
-            model = mlflow.pyfunc.log_model(
-                name="model", python_model=str(package / "mlflow_model.py"),
-                artifacts={ARTIFACT: str(folder)}, code_paths=[str(package)],
-                signature=signature, input_example=pd.DataFrame({"image": [example.getvalue()]}),
-                pip_requirements=requirements, registered_model_name=register_as,
-                metadata={"classes": list(info["classes"]), "alpha": info["alpha"],
-                          "method": info["method"], "source": info["source"]})
-    return {"mlflow_model_uri": model.model_uri, "registered_model": register_as,
-            "version": None if register_as is None else int(model.registered_model_version)}
-
-
 def _frontier_trial(entry: Mapping[str, Any]) -> dict[str, Any]:
     """``{trial_id, curve, selected_alpha}`` from a trial given by its curve or by its metrics."""
     metrics = entry.get("metrics") or {}
@@ -487,170 +379,4 @@ def _json_default(value: Any) -> Any:
     return float(value) if isinstance(value, numbers.Real) else str(value)
 
 
-def _short(value: Any) -> str:
-    """A searched value for a run name: ``3.2e-4``, ``0.21``, ``16``, ``adamw``."""
-    if isinstance(value, float):
-        if value != 0 and not 1e-2 <= abs(value) < 1e4:
-            mantissa, _, exponent = f"{value:.1e}".partition("e")
-            return f"{mantissa}e{int(exponent)}"
-        return f"{value:.2g}"
-    return str(value)
-
-
-def trial_run_name(trial_id: str, searched: Mapping[str, Any], alpha: float | None = None,
-                   index: int | None = None) -> str:
-    """``trial-03 lr=3.2e-4 wd=0.21 α*=0.76``: the trial's number (Tune's ``<hash>_00003``), its
-    searched values and, once known, the WiSE coefficient α* selected on ID val."""
-    tail = trial_id.rpartition("_")[2]
-    number = index if index is not None else int(tail) if tail.isdigit() else None
-    parts = [f"trial-{number:02d}" if number is not None else f"trial-{trial_id}"]
-    parts += [f"{k}={_short(v)}" for k, v in searched.items()
-              if isinstance(v, (numbers.Real, str)) and not isinstance(v, bool)]
-    if alpha is not None:
-        parts.append(f"α*={alpha:.2f}")
-    return " ".join(parts)[:250]
-
-
-def curve_table(curve: Mapping[float, Mapping[str, float]], final: Mapping[str, Any],
-                zeroshot: Mapping[str, float]) -> dict[str, list[float]]:
-    """The WiSE curve as columns: ``alpha``, ``id_val/acc``, each ``ood/<set>/acc``,
-    ``ood/avg_acc``. α = 0 is the study's zero-shot result (the same weights θ_zs for every
-    trial) and α = 1 the trial's ``ft/`` metrics whenever the search did not evaluate them."""
-    points = {round(float(a), 4): dict(v) for a, v in curve.items()}
-    ft = {k[len(M.FINETUNED) + 1:]: v for k, v in final.items()
-          if k.startswith(M.FINETUNED + "/") and isinstance(v, numbers.Real)}
-    for alpha, known in ((0.0, zeroshot), (1.0, ft)):
-        if known:
-            row = points.setdefault(alpha, {})
-            for k, v in known.items():
-                row.setdefault(k, v)
-    wanted = [M.ID_VAL] + sorted({k for p in points.values() for k in p
-                                  if k.startswith("ood/") and k != M.OOD_AVG}) + [M.OOD_AVG]
-    columns = [k for k in wanted if any(k in p for p in points.values())]
-    table: dict[str, list[float]] = {"alpha": sorted(points)}
-    for k in columns:
-        table[k] = [M.rounded(k, points[a][k]) if k in points[a] else float("nan")
-                    for a in table["alpha"]]
-    return table
-
-
-class MlflowTuneCallback(Callback):
-    """Records each Tune trial as a child run nested under the study's parent run.
-
-    Start: run name ``trial-NN <searched values>``, params = the trial's full configuration (the
-    study's constants and its searched values). Each result: :func:`tracked` metrics at step
-    ``epoch`` (else ``training_iteration``). Complete: the run name gains ``α*``; the WiSE curve
-    as the table ``wise_curve.json`` (:func:`curve_table`, shown in MLflow's artifact view) and the
-    plots ``plots/wise_curve.png`` and ``plots/frontier.png``; tag ``wise_evaluations``; FINISHED
-    (tag ``stopped_early`` when the scheduler stopped it before its final result). Error: FAILED,
-    tag ``error`` = the traceback's last line, ``error.txt`` = Tune's error file.
-    """
-
-    def __init__(self, recorder: StudyRecorder | str, parent_run_id: str | None = None,
-                 study_name: str = "", trial_defaults: Mapping[str, Any] | None = None,
-                 zeroshot: Mapping[str, float] | None = None) -> None:
-        """``MlflowTuneCallback(recorder)`` after ``recorder.start()``, or with the tracking URI
-        and the parent run id: it keeps only those strings and two small dicts (it must pickle)."""
-        if isinstance(recorder, StudyRecorder):
-            parent_run_id, study_name = recorder._require_parent(), recorder.study_name
-            trial_defaults, zeroshot = recorder.trial_defaults, recorder.zeroshot
-            recorder = recorder.client.tracking_uri
-        if parent_run_id is None:
-            raise ValueError("MlflowTuneCallback needs the parent run id")
-        self.tracking_uri, self.parent_run_id, self.study_name = recorder, parent_run_id, study_name
-        self.trial_defaults = dict(trial_defaults or {})
-        self.zeroshot = dict(zeroshot or {})
-        self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"trial_defaults": {}, "zeroshot": {}, **state})  # older pickles
-
-    @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
-
-    def run_id(self, trial: Any) -> str:
-        """The trial's child run: cached, else found by tag (a resumed study), else created."""
-        trial_id = str(trial.trial_id)
-        if trial_id not in self._runs:
-            parent = self.client.get_run(self.parent_run_id)
-            found = _search(self.client, parent.info.experiment_id,
-                            f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' "
-                            f"AND tags.{TRIAL_TAG} = '{trial_id}'")
-            if found:
-                run_id = found[0].info.run_id
-                if found[0].info.status != "RUNNING":
-                    self.client.update_run(run_id, status="RUNNING")
-                    self.client.set_tag(run_id, "reopened", "trial resumed with the study")
-            else:
-                name = self._name(trial)
-                source = {k: v for k, v in parent.data.tags.items()     # same code, same user
-                          if k.startswith("mlflow.source.") or k == "mlflow.user"}
-                run_id = self.client.create_run(parent.info.experiment_id, run_name=name, tags={
-                    PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, KIND_TAG: "trial",
-                    STUDY_TAG: self.study_name, **source}).info.run_id
-            self._runs[trial_id] = run_id
-        return self._runs[trial_id]
-
-    def _name(self, trial: Any, alpha: float | None = None) -> str:
-        # Tune numbers its trials in experiment_tag ("3_lr=0.0006,..."); its trial id is a hash
-        number = str(getattr(trial, "experiment_tag", "")).partition("_")[0]
-        return trial_run_name(str(trial.trial_id), dict(trial.config), alpha,
-                              int(number) if number.isdigit() else None)
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _log_params(self.client, self.run_id(trial), {**self.trial_defaults, **trial.config})
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
-        if result.get("final") == 1.0:     # the WiSE result comes after the last epoch's: it
-            step = max(0, step - 1)          # belongs to that epoch, not to an extra one
-        _log_metrics(self.client, self.run_id(trial), tracked(result), step=step)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # Tune has already passed every result (the last included) to on_trial_result.
-        run_id, result = self.run_id(trial), trial.last_result or {}
-        curve, alpha = wise_curve(result), result.get("wise_alpha")
-        for tag in sorted(NOT_METRICS - {"final"}):
-            if tag in result:
-                self.client.set_tag(run_id, tag, f"{result[tag]:g}")
-        if result.get("final") != 1.0:
-            self.client.set_tag(run_id, "stopped_early", "stopped by the scheduler before "
-                                "its WiSE selection")
-        if curve:
-            table = curve_table(curve, metrics_of(result), self.zeroshot)
-            self.client.log_table(run_id, table, "wise_curve.json")
-            title = f"WiSE-FT of {self._name(trial, alpha)}"
-            _log_png(self.client, run_id, lambda t, a, p: wise_curve_png(t, a, p, title),
-                     "wise_curve.png", table, alpha)
-            full = {a: {k: table[k][i] for k in table if k != "alpha" and table[k][i] == table[k][i]}
-                    for i, a in enumerate(table["alpha"])}      # v == v: not NaN
-            _log_png(self.client, run_id, lambda c, a, p: trial_frontier_png(c, a, p, title),
-                     "frontier.png", dict(sorted(full.items())), alpha)
-        if alpha is not None:
-            self.client.update_run(run_id, name=self._name(trial, alpha))
-        self.client.set_terminated(run_id, "FINISHED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        error_file = getattr(trial, "error_file", None)
-        text = ""
-        if error_file and Path(error_file).is_file():
-            text = Path(error_file).read_text(errors="replace")
-            self.client.log_artifact(run_id, error_file)
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        self.client.set_tag(run_id, "error", (lines[-1] if lines else "unknown error (Tune "
-                                              "wrote no error file)")[:MAX_TAG_CHARS])
-        self.client.set_terminated(run_id, "FAILED")
-
-
-__all__ = ["MlflowTuneCallback", "StudyRecorder", "TrackingError", "curve_table",
-           "ensure_tracking", "log_model", "metrics_of", "tracked", "trial_run_name",
-           "wise_curve"]
+__all__ = ["StudyRecorder", "TrackingError", "ensure_tracking"]

@@ -11,8 +11,9 @@ import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
 from search.plots import frontier_data, study_frontier_png
-from search.tracking import (MlflowTuneCallback, StudyRecorder, TrackingError, curve_table,
-                             ensure_tracking, metrics_of, tracked, trial_run_name, wise_curve)
+from search.mlflow_names import curve_table, metrics_of, tracked, trial_run_name, wise_curve
+from search.tracking import StudyRecorder, TrackingError, ensure_tracking
+from search.tune_callback import MlflowTuneCallback
 from trainables import metrics as M
 
 ALPHAS = [i / 10 for i in range(11)]
