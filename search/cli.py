@@ -42,7 +42,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_help import Parser, method_names
+    from search.cli_help import Parser, method_names
     p = Parser(
         prog="python -m search.run",
         description="Search the hyperparameters and WiSE-FT mixing coefficient of a robust "

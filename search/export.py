@@ -2,7 +2,7 @@
 
 ``python -m search.export --output OUTPUT [--trial ID | --soup uniform|greedy] [--alpha A] --to DIR``
 
-The model is rebuilt with the study's own pieces: ``search.trial.prepare`` (model at θ_zs, data,
+The model is rebuilt with the study's own pieces: ``search.tune.trial.prepare`` (model at θ_zs, data,
 evaluator), the trial checkpoint (``trainables.checkpoint``), the soup average
 (``search.soups.average`` over the ingredients the study recorded, in its order) and the one WiSE
 function (``trainables.wise.interpolate`` over the keys the method trained). It is evaluated on
@@ -30,9 +30,9 @@ from trainables.errors import InputError
 from trainables.heads import zero_shot_weights
 from trainables.wise import interpolate
 
-from .cli import fail
-from .selection import best_trial
-from .trial import FINAL, OBJECTIVE, StudySetup, prepare
+from search.cli import fail
+from search.selection import best_trial
+from search.tune.trial import FINAL, OBJECTIVE, StudySetup, prepare
 
 SOUPS = ("uniform", "greedy")
 
@@ -123,7 +123,7 @@ def export_model(setup: StudySetup, source: Source, target: Path, summary: dict[
         if len(states) == 1:
             theta_ft = states[0]
         else:
-            from .soups import average
+            from search.soups import average
             theta_ft = average(states)
         model.load_state_dict(interpolate(parts.theta_zs, theta_ft, source.alpha,
                                           method.trained_names(model)))
@@ -161,7 +161,7 @@ _SNIPPET_LOGITS = {
 
 def model_card(info: dict[str, Any], head_kind: str) -> str:
     """The folder's README.md: what the model is, its results, and how to use it."""
-    from .table import format_table
+    from search.tracking.table import format_table
     alpha = info["alpha"]
     what = {"trial": f"trial {info['name']}", "zeroshot": "the zero-shot model",
             "soup": f"the {info['name']} soup of trials {', '.join(info['trials'])}"}[info["source"]]
@@ -217,7 +217,7 @@ def read_trials(output: Path, study: str) -> list[dict[str, Any]]:
     """The study's trial records, read back from its Tune experiment folder."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from .study import trial_records
+    from search.study import trial_records
     return trial_records(ResultGrid(ExperimentAnalysis(str(output / "ray" / study))))
 
 
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .study import code_version
+    from search.study import code_version
     try:
         output = args.output.expanduser().resolve()
         summary = load_summary(output)

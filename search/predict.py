@@ -18,7 +18,7 @@ from pathlib import Path
 from clipmodel import folder as model_folder
 from trainables.errors import InputError
 
-from .cli import fail
+from search.cli import fail
 
 
 class PredictError(InputError):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from trainables.errors import InputError
 
-from . import interrupt, lock, validate
-from .cli import UsageError, build_parser, fail, parse_set
+from search import interrupt, lock, validate
+from search.cli import UsageError, build_parser, fail, parse_set
 
 EXIT_FAILED = 1   # the study ran but every trial failed (bad input exits 2, before anything runs)
 #: Loggers of the project (and this script): their INFO lines are progress the user asked for.
@@ -51,7 +51,7 @@ def configure_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose:
-        os.environ["ROBUST_SEARCH_VERBOSE"] = "1"      # search.trial.VERBOSE_ENV, for the workers
+        os.environ["ROBUST_SEARCH_VERBOSE"] = "1"      # search.tune.trial.VERBOSE_ENV, for the workers
         return
     for handler in logging.getLogger().handlers if fresh else ():
         handler.addFilter(_ProjectInfoOnly())
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet, args.verbose)
     resume = resume_command(argv)
     interrupt.install(f"stopped at once; continue the study with: {resume}")
-    from .resume import NothingToDo, state_path
-    from .study import Study, StudyFailed
+    from search.resume import NothingToDo, state_path
+    from search.study import Study, StudyFailed
 
     held = None
     try:

@@ -23,7 +23,7 @@ from trainables.methods import get_method_class
 from trainables.errors import InputError
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
-from .trial import (FINAL, OBJECTIVE, RunParts, StudySetup, prepare, setup_dict,
+from search.tune.trial import (FINAL, OBJECTIVE, RunParts, StudySetup, prepare, setup_dict,
                     wise_evaluation)
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Study:
     max_concurrent: int
     seed: int
     parts: RunParts              # driver-side model/data/evaluator (zero-shot eval, soups)
-    optuna_storage: str = ""     # the Optuna study's storage URL (search/optuna_study.py)
+    optuna_storage: str = ""     # the Optuna study's storage URL (search/tune/optuna_study.py)
     warm_start: tuple[list[dict[str, Any]], str] = ([], "")   # (configurations, source label)
     inputs: dict[str, Any] = field(default_factory=dict)   # compared by --resume (resume.py)
 
@@ -109,8 +109,8 @@ class Study:
     @classmethod
     def from_args(cls, args: Any, overrides: dict[str, Any],
                   default_data: Callable[[], Path]) -> "Study":
-        from .space import load_space
-        from .tracking import ensure_tracking
+        from search.space import load_space
+        from search.tracking.recorder import ensure_tracking
 
         method_cls = get_method_class(args.method)
         space = None
@@ -137,7 +137,7 @@ class Study:
         # A driver killed before Tune saved its state leaves the study folder (its study.json)
         # but no tuner.pkl: --resume then starts the trials afresh (see _tune).
         if args.resume and not study_dir.exists():
-            from .resume import stored_studies
+            from search.resume import stored_studies
             held = stored_studies(output)
             raise StudyError(f"--resume: no study {name!r} under {output} to resume"
                              + (f" (it holds {', '.join(held)}: pass that study's --method and "
@@ -168,8 +168,8 @@ class Study:
             setup.plan                          # e.g. --trial-runner actor with 2 workers
         except ValueError as err:
             raise StudyError(str(err)) from None
-        from .resume import check_resume, study_inputs
-        from .space import space_as_dict
+        from search.resume import check_resume, study_inputs
+        from search.space import space_as_dict
         inputs = study_inputs(
             method=args.method, space=space_as_dict(space) if space else None,
             data=str(data), model=setup.model, pretrained=setup.pretrained,
@@ -186,7 +186,7 @@ class Study:
             ensure_tracking(tracking_uri)       # reachable before any training
         optuna_storage, warm_start = _check_optuna(args, space, setup, name, output,
                                                    tracking_uri, num_samples)
-        from .ray_setup import init_ray
+        from search.tune.cluster import init_ray
         # raises ResourceError if a trial cannot fit, ClusterError for node-local storage or a
         # sqlite store on a multi-node cluster
         init_ray(args.address, setup, max_conc, tracking_uri=tracking_uri)
@@ -195,9 +195,9 @@ class Study:
 
     # --- running ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from .interrupt import Interrupted
-        from .resume import write_state
-        from .tracking import StudyRecorder, ensure_tracking
+        from search.interrupt import Interrupted
+        from search.resume import write_state
+        from search.tracking.recorder import StudyRecorder, ensure_tracking
 
         method = self.parts.method
         self.output.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ class Study:
                 trials = self._tune(recorder)
             summary = self._summarise(zeroshot, trials, recorder, parent)
         except Interrupted as stop:     # Ctrl-C / SIGTERM: KILLED runs, no summary; --resume
-            from .interrupt_mlflow import mark_killed
+            from search.tracking.interrupted import mark_killed
             mark_killed(recorder, f"interrupted by {stop}; continue with --resume")
             raise
         except Exception as err:        # the driver itself failed: say so on the parent run
@@ -243,15 +243,15 @@ class Study:
 
     def resolved_config(self) -> dict[str, Any]:
         from dataclasses import asdict
-        from .space import space_as_dict
+        from search.space import space_as_dict
         return {"setup": asdict(self.setup), "space": space_as_dict(self.space) if self.space
                 else None, "num_samples": self.num_samples, "seed": self.seed,
                 "max_concurrent_trials": self.max_concurrent, "study": self.name}
 
     def _tune(self, recorder) -> list[dict[str, Any]]:
-        from .optuna_study import open_study
-        from .tune_callback import MlflowTuneCallback
-        from .tuner import make_tuner, restore_tuner
+        from search.tune.optuna_study import open_study
+        from search.tracking.callback import MlflowTuneCallback
+        from search.tune.tuner import make_tuner, restore_tuner
 
         storage = self.output / "ray"
         callbacks = [MlflowTuneCallback(recorder)]
@@ -274,7 +274,7 @@ class Study:
                                storage_path=storage, n_startup_trials=s.n_startup_trials,
                                multivariate=s.multivariate,
                                optuna_storage=self.optuna_storage or None)
-        from .interrupt import tune_running
+        from search.interrupt import tune_running
         with tune_running():            # a signal stops Tune gracefully, then raises Interrupted
             grid = tuner.fit()
         return trial_records(grid)
@@ -282,7 +282,7 @@ class Study:
     # --- after the study ----------------------------------------------------------------------
     def _summarise(self, zeroshot: dict[str, float], trials: list[dict[str, Any]], recorder,
                    parent: str) -> dict[str, Any]:
-        from .selection import best_trial
+        from search.selection import best_trial
         finished = [t for t in trials if t["metrics"].get(FINAL) == 1.0 and not t["error"]]
         summary: dict[str, Any] = {
             "method": self.setup.method, "study": self.name, "data": self.setup.data,
@@ -297,7 +297,7 @@ class Study:
                        "experiment_id": recorder.experiment_id, "parent_run_id": parent},
         }
         if self.optuna_storage:
-            from .optuna_study import OBJECTIVE_NAME, shown
+            from search.tune.optuna_study import OBJECTIVE_NAME, shown
             summary["optuna"] = {"storage": shown(self.optuna_storage), "study_name": self.name,
                                  "objective": OBJECTIVE_NAME,
                                  "warm_start": self.warm_start[1] or None}
@@ -327,8 +327,8 @@ class Study:
                 ) -> dict[str, Any]:
         """Write the chosen model (ID val only) to OUTPUT/model, log it on the parent run as an
         MLflow pyfunc model and register it (unless --no-register)."""
-        from .export import chosen_source, export_model
-        from .model_registry import log_model
+        from search.export import chosen_source, export_model
+        from search.tracking.registry import log_model
         source = chosen_source(summary, trials)
         target = self.output / "model"
         info = export_model(self.setup, source, target, summary, code_version(),
@@ -341,7 +341,7 @@ class Study:
                 **logged}
 
     def _soups(self, finished: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        from .soups import Ingredient, greedy_soup, uniform_soup
+        from search.soups import Ingredient, greedy_soup, uniform_soup
         if self.space is not None and self.space.soups.top_k == 0:
             return {}                                       # soups.top_k: 0 disables soups
         ingredients = [Ingredient(t["trial_id"], t["metrics"]["ft/" + M.ID_VAL],
@@ -380,13 +380,13 @@ class Study:
     def _importances(self, finished: list[dict[str, Any]]) -> dict[str, float] | str:
         """fANOVA importances of the searched parameters, from the study's Optuna study (its
         COMPLETE trials = ``finished``), or the reason there are none ("too few trials")."""
-        from .optuna_study import importances
+        from search.tune.optuna_study import importances
         if not self.optuna_storage:
             return {}
         return importances(self.optuna_storage, self.name, self.seed)
 
     def print_summary(self, summary: dict[str, Any], wall_s: float) -> None:
-        from .table import format_table
+        from search.tracking.table import format_table
         rows = {"zero-shot": summary["metrics"]["zeroshot"]}
         if "finetuned" in summary["metrics"]:
             rows["fine-tuned (α=1)"] = summary["metrics"]["finetuned"]
@@ -404,7 +404,7 @@ class Study:
         for trial_id, error in (summary.get("errors") or {}).items():
             print(f"Failed trial {trial_id}: {error}")
         if "best_trial" in summary:
-            from .mlflow_names import trial_run_name
+            from search.tracking.names import trial_run_name
             print(f"Best trial {summary['best_trial']} (selected on ID val): "
                   + trial_run_name(summary["best_trial"], summary["best_params"]).partition(" ")[2])
         print("Top-1 accuracy in % (ID test, each shift and their mean, zero-shot sets):")
@@ -436,7 +436,7 @@ class Study:
 
 def _param_space(space, setup: StudySetup) -> dict[str, Any]:
     """The Tune search space of the parameters the sampler chooses (constants excluded)."""
-    from .space import tune_param_space
+    from search.space import tune_param_space
     return {k: v for k, v in tune_param_space(space).items() if k not in setup.base_params}
 
 
@@ -444,10 +444,10 @@ def _check_optuna(args: Any, space, setup: StudySetup, name: str, output: Path,
                   tracking_uri: str, num_samples: int
                   ) -> tuple[str, tuple[list[dict[str, Any]], str]]:
     """(Optuna storage URL or "" when nothing is searched, (warm-start configurations, their
-    source)), checked before anything is written (search/optuna_study.py)."""
-    from .optuna_study import (check_storage, default_storage, optuna_distributions,
+    source)), checked before anything is written (search/tune/optuna_study.py)."""
+    from search.tune.optuna_study import (check_storage, default_storage, optuna_distributions,
                                warm_start_points)
-    from .space import startup_trials
+    from search.space import startup_trials
     searched = _param_space(space, setup) if space is not None else {}
     warm = getattr(args, "warm_start", None)
     if not searched:
@@ -489,7 +489,7 @@ def _with_anchors(setup: StudySetup, method_cls, output: Path | None = None) -> 
     """The data spec, extended with retrieved anchors when the method needs them (ARF)."""
     spec = load_spec(setup.data)
     if "retrieved" in method_cls.anchor_sets and "retrieved" not in spec.anchors:
-        from .anchors import ensure_retrieved
+        from search.anchors.build import ensure_retrieved
         return ensure_retrieved(Path(setup.data), setup.model, setup.pretrained)
     return Path(setup.data)
 

@@ -17,9 +17,9 @@ import torch
 import yaml
 from PIL import Image
 
-from search import anchors as A
+from search.anchors import build as A
 from search import prepare
-from search.retrieval import (IndexSettings, exact_topk, iter_shards, read_table, recall_at_k,
+from search.anchors.retrieval import (IndexSettings, exact_topk, iter_shards, read_table, recall_at_k,
                               retrieve, unique_candidates)
 from trainables.data import read_pairs
 from trainables.spec import load_spec
@@ -263,7 +263,7 @@ def tiny_captioner(path: Path) -> Path:
 
 
 def test_captioner_captions_every_image_in_batches(tmp_path, cache, weights):
-    from search.captioning import Captioner
+    from search.anchors.captioning import Captioner
     spec = write_spec(tmp_path / "data", per_class=3)             # 9 training images
     folder = tiny_captioner(tmp_path / "captioner")
     captioner = Captioner.load(str(folder), "cpu", max_new_tokens=5)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from search.bench import SECTION, write_section
+from search.bench.core import SECTION, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import yaml
 
 from search.run import main
 
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 

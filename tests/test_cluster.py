@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from search.ray_setup import ClusterError, check_cluster, derive_max_concurrent
-from search.trial import StudySetup
+from search.tune.cluster import ClusterError, check_cluster, derive_max_concurrent
+from search.tune.trial import StudySetup
 
 from .benchmark_stubs import write_image
 
@@ -264,8 +264,8 @@ def test_sqlite_store_on_a_cluster_exits_2(cluster):
 
 
 def test_fractional_gpus_are_for_one_worker_trials(monkeypatch):
-    from search import ray_setup
-    from search.ray_setup import ResourceError, check_resources
+    from search.tune import cluster as ray_setup
+    from search.tune.cluster import ResourceError, check_resources
     monkeypatch.setattr(ray_setup.ray, "cluster_resources", lambda: {"CPU": 16, "GPU": 1})
     ddp = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
                      workers_per_trial=2, gpus_per_worker=0.5)

@@ -1,7 +1,7 @@
 """A 2-worker DDP trial (CPU, gloo) under Ray Train follows the 1-worker loss trajectory at the same
 global batch (``ft``; every method is compared without Ray in ``test_ddp_methods.py``).
 
-The two-worker run uses the production path of :func:`search.trial.train_worker`: Ray's
+The two-worker run uses the production path of :func:`search.tune.trial.train_worker`: Ray's
 ``TorchTrainer`` with ``trainables.loop.train(wrap_module=prepare_model,
 make_loader=default_loader)``, ``batch_size`` = the global batch. The loop's
 ``GlobalBatchSampler`` gives rank r of 2 the r-th half of each global batch of the one-worker
@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.trial import StudySetup, prepare
+from search.tune.trial import StudySetup, prepare
 from trainables.loop import default_loader, train
 
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 GLOBAL_BATCH = 8
 PARAMS = dict(lr=1e-3, weight_decay=0.0, epochs=3, warmup_steps=0, grad_clip=1.0, seed=0)
@@ -81,7 +81,7 @@ def test_two_workers_follow_the_one_worker_trajectory(tiny_spec, tmp_path):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from search.trial import setup_dict
+    from search.tune.trial import setup_dict
 
     ref_steps, ref_epochs = _run(_setup(tiny_spec, GLOBAL_BATCH), lambda m: m)
     assert len(ref_steps) == 3 * 32 // GLOBAL_BATCH

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from .test_reliability import ROOT, _command, _finish, _start
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 pytestmark = pytest.mark.slow
 PROJECT = ("ray", "trainables", "search")     # modules the exported model must not need

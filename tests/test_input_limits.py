@@ -22,7 +22,7 @@ from search.run import main
 from trainables.errors import InputError
 
 from .test_cli import FIXED, ROOT, _run, _stored_inputs, _stored_study
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [
     f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]) + "\n"
@@ -278,13 +278,13 @@ def test_out_of_range_wide_image_is_refused(tmp_path):
 
 
 def test_every_bad_input_error_is_an_input_error():
-    from search.anchors import AnchorError
+    from search.anchors.build import AnchorError
     from search.cli import UsageError
-    from search.ray_setup import ClusterError, ResourceError
+    from search.tune.cluster import ClusterError, ResourceError
     from search.resume import ResumeError
     from search.space import SpaceError
     from search.study import StudyError
-    from search.tracking import TrackingError
+    from search.tracking.recorder import TrackingError
     from trainables.config import ConfigError
     from trainables.errors import DataError
     from trainables.models import ModelError

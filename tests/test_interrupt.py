@@ -19,7 +19,7 @@ from search import lock
 
 from .test_reliability import (STUDY, _check_layout, _cleanup, _command, _finish, _paused_worker,
                                _runs, _start, _trial_results, _wait_for)
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from search.selection import best_trial, select_alpha
-from search.trial import StudySetup, prepare, wise_evaluation
+from search.tune.trial import StudySetup, prepare, wise_evaluation
 from trainables import metrics as M
 from trainables.loop import train
 
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 TRIALS = [{"lr": 3e-4}, {"lr": 3e-3}]
 

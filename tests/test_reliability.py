@@ -3,7 +3,7 @@
 Each test runs ``python -m search.run`` as a child process in its own session (micro CLIP, tiny
 data, 2 epochs), so the test can kill it, and afterwards kills whatever is left of that session
 (the local Ray instance the driver started) by process id: no ``ray stop``, which would also stop
-other people's Ray instances on the machine. Faults are injected with ``search/faults.py``
+other people's Ray instances on the machine. Faults are injected with ``search/tune/faults.py``
 (``ROBUST_SEARCH_FAULT``) or a real NaN (``--set lr=1e6``).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "ft-search"

@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from .test_reliability import STUDY, _check_layout, _finish, _start, _trial_results
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def _run(folder: Path, data: Path, num_samples: int, *extra: str) -> dict:
 def test_optuna_study_analysis_soups_off_and_warm_start(tmp_path, data):
     from ray import tune
 
-    from search.tuner import run_trial
+    from search.tune.tuner import run_trial
 
     # --- study A: persistent Optuna study, soups off -----------------------------------------
     summary = _run(tmp_path / "a", data, 3)

@@ -63,7 +63,7 @@ def _findings(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_sources_are_found():
     names = {p.relative_to(ROOT).as_posix() for p in SOURCES}
-    assert {"search/ray_setup.py", "trainables/checkpoint.py", "trainables/spec.py"} <= names
+    assert {"search/tune/cluster.py", "trainables/checkpoint.py", "trainables/spec.py"} <= names
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -89,8 +89,8 @@ def test_no_service_binds_to_every_interface_or_turns_off_ray_auth():
 
 def test_local_ray_dashboard_binds_to_localhost(monkeypatch):
     """``init_ray`` starting a local Ray passes ``dashboard_host="127.0.0.1"`` (ray.init mocked)."""
-    from search import ray_setup
-    from search.trial import StudySetup
+    from search.tune import cluster as ray_setup
+    from search.tune.trial import StudySetup
     calls = []
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")   # init_ray sets a default
     monkeypatch.setattr(ray_setup.ray, "is_initialized", lambda: False)

@@ -1,5 +1,5 @@
 """The exported model through an MLflow tracking server: logged and registered over HTTP
-(``search.model_registry.log_model``), loaded with
+(``search.tracking.registry.log_model``), loaded with
 ``mlflow.pyfunc.load_model("models:/NAME/1")`` in a fresh process, and served by ``mlflow models serve --env-manager local`` on 127.0.0.1, offline;
 each gives the predictions of the folder itself."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from clipmodel import folder as model_folder
-from search.model_registry import log_model
+from search.tracking.registry import log_model
 from trainables.heads import build_classifier
 
 from .conftest import MICRO_MODEL

@@ -1,6 +1,6 @@
 """The trial worker without Ray, and the loop's GPU-minded options on CPU.
 
-``search.trial.run_worker`` with a :class:`~search.trial.LocalSession` runs a whole trial
+``search.tune.trial.run_worker`` with a :class:`~search.tune.trial.LocalSession` runs a whole trial
 (training, per-epoch ID val, WiSE selection, report) in this process; ``TrainConfig.compile``
 compiles the training step with ``torch.compile`` and trains the same trajectory as eager; the
 CUDA-only settings (fused AdamW, TF32, loader workers) leave a CPU run's loader as it was.
@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.trial import FINAL, OBJECTIVE, LocalSession, StudySetup, prepare, run_worker, setup_dict
+from search.tune.trial import FINAL, OBJECTIVE, LocalSession, StudySetup, prepare, run_worker, setup_dict
 from trainables.loop import default_loader, train
 from trainables.sampling import GlobalBatchSampler
 
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ common to every builder (each builder adds its own)::
     val_fraction: 0.02             # ID val held out from ID train when the data has none
     shots: 16                      # k-shot sampling of ID train (val: min(k, 4)), seeded
     base_to_new: false             # train on the first half of the classes, test the rest
-    anchors: {captions: {csv: …}}  # ARF's image-text sets (search/anchors.py writes these)
+    anchors: {captions: {csv: …}}  # ARF's image-text sets (search/anchors/build.py writes these)
 """
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """The Tune wiring, in one place.
 
 Each Tune trial runs :func:`run_trial`, a function trainable, as its plan says
-(:func:`search.plan.plan_trial`). A trial with a GPU or several workers (DDP), or any trial with
-``--trial-runner worker-group``, builds a ``TorchTrainer`` over :func:`search.trial.train_worker`
+(:func:`search.tune.plan.plan_trial`). A trial with a GPU or several workers (DDP), or any trial with
+``--trial-runner worker-group``, builds a ``TorchTrainer`` over :func:`search.tune.trial.train_worker`
 and calls ``fit()`` (Ray 2.60's Train-in-Tune pattern): ``TuneReportCallback`` forwards the
 workers' reports (metrics + checkpoint path) to Tune. A one-worker CPU trial runs the same worker
 function in the trial actor as a plain Tune function trainable, reporting to Tune's session, and
 the actor is reused by the next trial (BENCHMARKS.md, figure 2: 20-60 s less per trial here).
-OptunaSearch (TPE or random, seeded, its named study persisted by :mod:`search.optuna_study`)
+OptunaSearch (TPE or random, seeded, its named study persisted by :mod:`search.tune.optuna_study`)
 proposes the configurations; ASHA prunes on the per-epoch ID-val objective, which the TuneConfig
 names.
 """
@@ -23,8 +23,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .space import startup_trials
-from .trial import OBJECTIVE, StudySetup, setup_dict, train_worker
+from search.space import startup_trials
+from search.tune.trial import OBJECTIVE, StudySetup, setup_dict, train_worker
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ def run_trial(config: dict[str, Any], setup: StudySetup) -> None:
 def make_searcher(sampler: str, seed: int, study_name: str, *, n_startup_trials: int = 10,
                   multivariate: bool = False, storage: str | None = None) -> OptunaSearch:
     """OptunaSearch over the study ``study_name`` (in the Optuna ``storage`` URL, else in
-    memory) with a seeded TPE or random sampler (:mod:`search.optuna_study`). Metric and mode
+    memory) with a seeded TPE or random sampler (:mod:`search.tune.optuna_study`). Metric and mode
     come from the TuneConfig; the concurrency limit from ``max_concurrent_trials`` alone."""
-    from .optuna_study import StudySearch, make_sampler
+    from search.tune.optuna_study import StudySearch, make_sampler
     return StudySearch(sampler=make_sampler(sampler, seed, n_startup_trials, multivariate),
                        study_name=study_name,
                        storage=optuna.storages.RDBStorage(storage) if storage else None)
@@ -121,7 +121,7 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
             # Tune restarts a failed trial in both modes: in the trial actor, from the checkpoint
             # Tune holds; a worker group's driver (crashed, or its Train run out of retries)
             # starts the same-named Train run again, which resumes from Train's checkpoint. So a
-            # trial that always fails runs up to (N + 1)^2 times with a group (search.plan).
+            # trial that always fails runs up to (N + 1)^2 times with a group (search.tune.plan).
             failure_config=tune.FailureConfig(max_failures=plan.tune_max_failures,
                                               fail_fast=False),
             # Tune holds the checkpoints only of trials that train in the trial actor

@@ -5,7 +5,7 @@ never MLflow's fluent global state, so a sqlite store sees a single writer. Runs
 tag (parent: ``study_name`` + ``run_kind=study``; child: ``mlflow.parentRunId`` + ``trial_id``), so
 a resumed study re-opens its parent and its trials' children instead of duplicating them.
 
-:mod:`search.tune_callback` records the trials (a Ray ``Callback``); :mod:`search.model_registry`
+:mod:`search.tracking.callback` records the trials (a Ray ``Callback``); :mod:`search.tracking.registry`
 logs and registers the chosen model.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from mlflow.tracking import MlflowClient
 from trainables import metrics as M
 from trainables.errors import InputError
 
-from .mlflow_names import _flatten, _key, metrics_of, tracked, wise_curve
-from .plots import study_frontier_png
+from search.tracking.names import _flatten, _key, metrics_of, tracked, wise_curve
+from search.tracking.plots import study_frontier_png
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -169,7 +169,7 @@ def _log_dataset(client: MlflowClient, run_id: str, spec: Path) -> None:
 def results_note(study_name: str, table: Mapping[str, Any], best: Mapping[str, Any],
                  soups: Mapping[str, Any], best_id: str) -> str:
     """The study run's description (``mlflow.note.content``): the results table in Markdown."""
-    from .table import format_table
+    from search.tracking.table import format_table
     rows: dict[str, dict[str, float]] = {}
     if isinstance(table.get("zeroshot"), Mapping):
         rows["zero-shot"] = dict(table["zeroshot"])
@@ -270,8 +270,8 @@ class StudyRecorder:
 
     def callback(self) -> Any:
         """The Tune callback that records this study's trials as nested runs
-        (:class:`search.tune_callback.MlflowTuneCallback`)."""
-        from .tune_callback import MlflowTuneCallback
+        (:class:`search.tracking.callback.MlflowTuneCallback`)."""
+        from search.tracking.callback import MlflowTuneCallback
         return MlflowTuneCallback(self)
 
     def finish(self, best: Mapping[str, Any] | None, table: Mapping[str, Any],

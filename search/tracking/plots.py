@@ -187,7 +187,7 @@ def study_frontier_png(trials: Sequence[Mapping[str, Any]], path: str | Path,
 
 def wise_curve_png(table: Mapping[str, Sequence[float]], selected_alpha: float | None,
                    path: str | Path, title: str = "WiSE-FT curve") -> Path | None:
-    """A trial's WiSE table (:func:`search.tracking.curve_table`) against α: ID val (what selects
+    """A trial's WiSE table (:func:`search.tracking.names.curve_table`) against α: ID val (what selects
     α), each OOD set and their mean; α* as a vertical line."""
     alphas = list(table.get("alpha", []))
     if not alphas:

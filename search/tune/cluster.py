@@ -16,7 +16,7 @@ import ray
 
 from trainables.errors import InputError
 
-from .trial import StudySetup
+from search.tune.trial import StudySetup
 
 
 class ResourceError(InputError):

@@ -1,6 +1,6 @@
 """How a Tune result is named in MLflow: one metric namespace for study and trial runs, the WiSE
 curve as a table, readable trial run names. Pure functions over result dicts (no MLflow client),
-shared by :mod:`search.tracking` (study run), :mod:`search.tune_callback` (trial runs) and
+shared by :mod:`search.tracking.recorder` (study run), :mod:`search.tracking.callback` (trial runs) and
 :mod:`search.report`."""
 from __future__ import annotations
 

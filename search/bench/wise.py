@@ -1,7 +1,7 @@
 """Benchmark figure 3: the WiSE mixing search, 11-point grid against golden-section search.
 
 Each (method, seed) is trained once the way ``search.report.run_one`` trains it (paper defaults,
-``search.trial.prepare`` → ``trainables.loop.train``), with a capped number of steps so the figure
+``search.tune.trial.prepare`` → ``trainables.loop.train``), with a capped number of steps so the figure
 stays short; then both strategies of :func:`search.selection.select_alpha` search α on ID val for
 the same θ_zs and θ_ft. ID val is loaded once before timing, so both strategies pay only the
 interpolation and the image-tower passes.
@@ -18,10 +18,10 @@ from trainables.evaluate import SELECTION
 from trainables.methods import METHODS
 from trainables.wise import interpolate
 
-from .bench import Bench, Figure, Target
-from .report import COMMON, DEFAULTS
-from .selection import select_alpha
-from .trial import StudySetup, prepare
+from search.bench.core import Bench, Figure, Target
+from search.bench.report import COMMON, DEFAULTS
+from search.selection import select_alpha
+from search.tune.trial import StudySetup, prepare
 
 GRID = [round(i / 10, 1) for i in range(11)]
 GOLDEN_EVALUATIONS = 6
@@ -60,7 +60,7 @@ def compare(setup: StudySetup, params: dict) -> dict[str, float]:
 def wise_search(bench: Bench) -> Figure:
     """Figure 3: evaluations, seconds, agreement and ID-val gap of golden vs the 11-point grid."""
     preset = QUICK if bench.quick else FULL
-    from .study import _with_anchors
+    from search.study import _with_anchors
     rows = []
     for method in preset["methods"]:
         setup = StudySetup(method=method, model=bench.model, pretrained=bench.pretrained,
@@ -95,6 +95,6 @@ def wise_search(bench: Bench) -> Figure:
                judge and max(gaps) <= 0.2)]
     fig.notes.append(f"Golden is {speed:.1f}× faster than the grid per trial (mean seconds). "
                      f"{bench.model} ({'pretrained' if bench.pretrained else 'random init'}); "
-                     f"paper defaults (search.report) with {preset['params']}; seeds "
+                     f"paper defaults (search.bench.report) with {preset['params']}; seeds "
                      f"{preset['seeds']}.")
     return fig

@@ -3,15 +3,15 @@
 Made to run on a bare GPU machine that has torch, torchvision, timm, transformers and
 safetensors, no package registry, and the project's tree carried with the few wheels it lacks
 (``scripts/gpu-check.sh``: open_clip_torch, ftfy, wcwidth). It imports ``trainables``,
-``search.trial`` and the benchmark code only, never Ray, MLflow or Optuna (checked at the end of
+``search.tune.trial`` and the benchmark code only, never Ray, MLflow or Optuna (checked at the end of
 the run and by the test suite), and measures:
 
 1. the loop's training throughput (``trainables.loop.train``, FT) against a bare PyTorch loop,
    open_clip ViT-B-16, random init, bf16 autocast, batch 128: images/s and model FLOP
    utilisation (FLOPs of one forward + backward counted by ``torch.utils.flop_counter``, over the
    GPU's dense bf16 peak), with and without ``torch.compile``;
-2. one whole ``flyp`` trial of the project's worker function (``search.trial.run_worker`` with a
-   :class:`~search.trial.LocalSession`, no Ray) on generated 224 px JPEGs: training, per-epoch ID
+2. one whole ``flyp`` trial of the project's worker function (``search.tune.trial.run_worker`` with a
+   :class:`~search.tune.trial.LocalSession`, no Ray) on generated 224 px JPEGs: training, per-epoch ID
    val, WiSE selection and the report evaluation, with its time split;
 3. decode + preprocessing throughput of the training data path (the same JPEGs, the model's train
    transform, DataLoader workers = CPUs, pinned memory on CUDA) against the training step's
@@ -138,7 +138,7 @@ def step_flops(model_name: str, batch: int, px: int, device: torch.device) -> fl
 
     from trainables.heads import build_classifier
     from trainables.models import create_clip
-    from .bench_train import CLASSNAMES
+    from search.bench.train import CLASSNAMES
 
     bundle = create_clip(model_name, pretrained=None, device=device)
     model = build_classifier(bundle.clip, bundle.tokenizer, CLASSNAMES, ["a photo of a {}."],
@@ -154,7 +154,7 @@ def step_flops(model_name: str, batch: int, px: int, device: torch.device) -> fl
 
 def throughput(sizes: Sizes, device: torch.device) -> tuple[list[list[str]], float]:
     """Rows of figure 1 (eager and compiled) and the loop's eager images/s (the demand of 3)."""
-    from .bench_train import ThroughputCase, compare_loops
+    from search.bench.train import ThroughputCase, compare_loops
 
     # The model's own input size: micro-clip-16 takes 16 px, ViT-B-16 224 px.
     px = 224 if sizes.model == "ViT-B-16" else 16
@@ -180,8 +180,8 @@ def throughput(sizes: Sizes, device: torch.device) -> tuple[list[list[str]], flo
 
 # --- 2. a whole trial ----------------------------------------------------------------------------
 def whole_trial(spec: Path, sizes: Sizes, device: torch.device, work: Path) -> list[list[str]]:
-    """One flyp trial through ``search.trial.run_worker`` without Ray; its time split."""
-    from .trial import LocalSession, StudySetup, run_worker, setup_dict
+    """One flyp trial through ``search.tune.trial.run_worker`` without Ray; its time split."""
+    from search.tune.trial import LocalSession, StudySetup, run_worker, setup_dict
 
     setup = StudySetup(method="flyp", model=sizes.model, pretrained=None, data=str(spec),
                        storage_path=str(work / "trial"),
@@ -240,7 +240,7 @@ def run(quick: bool, work: Path, write: Path | None, command: str) -> int:
     earlier one failed (one GPU session must bring back whatever it can), and a failure is
     written in place of its figure. Exit status 0; 1 if a part failed or a forbidden package
     was imported; 2 without a GPU (unless ``quick``)."""
-    from .bench import machine
+    from search.bench.core import machine
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sizes = QUICK if quick else FULL
@@ -304,7 +304,7 @@ def _markdown(sizes: Sizes, device: torch.device, command: str, machine: str,
         out += _table(["loop", "torch.compile", "ms/step", "images/s", "MFU"], fig1[0])
     elif "1" in failures:
         out += [f"**failed**: {failures['1']}", ""]
-    out += [f"**2. One whole `flyp` trial** (`search.trial.run_worker`, no Ray), "
+    out += [f"**2. One whole `flyp` trial** (`search.tune.trial.run_worker`, no Ray), "
             f"{sizes.model}, batch {sizes.batch}, {sizes.classes} classes × "
             f"{sizes.train_per_class} generated {sizes.image_px} px JPEGs, "
             f"{sizes.eval_per_class} per class in ID val/test, OOD and zero-shot, 11-point α "

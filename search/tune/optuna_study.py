@@ -29,13 +29,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables.errors import InputError
 
-from .trial import FINAL
+from search.tune.trial import FINAL
 
 log = logging.getLogger(__name__)
 
 OBJECTIVE_NAME = "id_val_acc"       # the Optuna study's name for Tune's "objective"
 STORAGE_FILE = "optuna.db"
-#: Importances need this many COMPLETE trials. Measured (``python -m search.bench_importances``,
+#: Importances need this many COMPLETE trials. Measured (``python -m search.bench.importances``,
 #: BENCHMARKS.md): two searched parameters, only one of which matters; at 3-4 trials fANOVA gives
 #: it 0.56-0.58 of the importance on average (about half: it cannot tell the two apart), at 10
 #: trials 0.75, and little more after that (0.78 at 16).

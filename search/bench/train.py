@@ -5,7 +5,7 @@ Figure 1 runs the project's loop (``trainables.loop.train`` with FT: ``_StepModu
 model, batch, optimizer and precision, both fed from one in-memory ``TensorDataset``; rounds
 alternate the order (ours, bare / bare, ours) so that load drift from other processes cancels.
 Figure 5 trains each method for a few steps in a fresh subprocess
-(``python -m search.bench_train memory …``) and reads its peak RSS (or CUDA peak allocation).
+(``python -m search.bench.train memory …``) and reads its peak RSS (or CUDA peak allocation).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .bench import REPO, Bench, Figure, Target
+from search.bench.core import REPO, Bench, Figure, Target
 
 #: --quick measures a few methods only (each costs a fresh process): FT, a two-stage one and a
 #: teacher-based one.
@@ -225,7 +225,7 @@ def _spec_with_retrieved(spec: Path, work: Path) -> Path:
 def memory(bench: Bench) -> Figure:
     """Figure 5: peak training memory of every method relative to FT (one subprocess each)."""
     from trainables.methods import METHODS
-    from .report import ORDER
+    from search.bench.report import ORDER
     methods = [m for m in ORDER if m in METHODS and not METHODS[m].trains_nothing and
                (not bench.quick or m in QUICK_MEMORY_METHODS)]
     batch, steps = 128, 3
@@ -233,7 +233,7 @@ def memory(bench: Bench) -> Figure:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = {}
     for m in methods:
-        cmd = [sys.executable, "-m", "search.bench_train", "memory", "--method", m,
+        cmd = [sys.executable, "-m", "search.bench.train", "memory", "--method", m,
                "--model", bench.model, "--data", str(spec), "--batch", str(batch),
                "--steps", str(steps), "--device", device]
         if bench.pretrained:
@@ -300,8 +300,8 @@ def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
     from trainables.data import LabeledImages
     from trainables.spec import load_spec
     from trainables.loop import train
-    from .report import COMMON, DEFAULTS
-    from .trial import StudySetup, prepare
+    from search.bench.report import COMMON, DEFAULTS
+    from search.tune.trial import StudySetup, prepare
     torch.set_num_threads(os.cpu_count() or 1)
     device = torch.device(args.device)
     load_spec(args.data)
@@ -329,7 +329,7 @@ def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m search.bench_train",
+    p = argparse.ArgumentParser(prog="python -m search.bench.train",
                                 description="figure 5's per-method memory run (one process)")
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("memory")

@@ -1,7 +1,7 @@
 """The trial worker's session under Ray: Tune's (a trial in its actor) or Train's (a worker group).
 
-The only place :func:`search.trial.run_worker` meets Ray, so the worker also runs without Ray
-(``search.trial.LocalSession``, used by ``python -m search.bench --only gpu``).
+The only place :func:`search.tune.trial.run_worker` meets Ray, so the worker also runs without Ray
+(``search.tune.trial.LocalSession``, used by ``python -m search.bench --only gpu``).
 """
 from __future__ import annotations
 

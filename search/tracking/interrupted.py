@@ -1,9 +1,9 @@
 """Closing a study's MLflow runs after Ctrl-C / SIGTERM (search/interrupt.py): the parent and
 every child still RUNNING become KILLED, each tagged ``interrupted``; ``--resume`` re-opens them
-(StudyRecorder.start, search.tune_callback.MlflowTuneCallback.run_id)."""
+(StudyRecorder.start, search.tracking.callback.MlflowTuneCallback.run_id)."""
 from __future__ import annotations
 
-from .tracking import MAX_TAG_CHARS, PARENT_TAG, StudyRecorder, _search
+from search.tracking.recorder import MAX_TAG_CHARS, PARENT_TAG, StudyRecorder, _search
 
 
 def mark_killed(recorder: StudyRecorder, message: str) -> None:

@@ -1,11 +1,11 @@
-"""``python -m search.bench_importances``: how many finished trials parameter importances need.
+"""``python -m search.bench.importances``: how many finished trials parameter importances need.
 
 Synthetic studies, no training: two searched parameters shaped like ``spaces/ft.yaml`` (lr
 log-uniform on [1e-4, 3e-3], weight decay uniform on [0, 0.5]); the objective depends on lr only
 (a peak of 85 % at lr = 1e-3, minus 4 points per decade squared) plus Gaussian noise of 0.5 points
 (the spread of ID-val accuracy between seeds on a small validation set). For each study size,
 30 random studies: how often Optuna's fANOVA ranks lr above weight decay, and lr's importance.
-This sets ``search.optuna_study.MIN_IMPORTANCE_TRIALS``.
+This sets ``search.tune.optuna_study.MIN_IMPORTANCE_TRIALS``.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run(sizes: list[int], studies: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m search.bench_importances",
+    p = argparse.ArgumentParser(prog="python -m search.bench.importances",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[3, 4, 6, 8, 10, 12, 16])
     p.add_argument("--studies", type=int, default=30)

@@ -1,6 +1,6 @@
 """The Ray Tune side of the MLflow record: one nested child run per Tune trial.
 
-Kept apart from :mod:`search.tracking` (the MLflow client side) because it is a Ray ``Callback``.
+Kept apart from :mod:`search.tracking.recorder` (the MLflow client side) because it is a Ray ``Callback``.
 It is pickled into Tune's ``tuner.pkl`` (``Tuner.restore`` re-uses it), so it holds only the
 tracking URI and run ids and opens its client lazily.
 """
@@ -12,10 +12,10 @@ from typing import Any, Mapping
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from .plots import trial_frontier_png, wise_curve_png
-from .mlflow_names import (NOT_METRICS, curve_table, metrics_of, tracked, trial_run_name,
+from search.tracking.plots import trial_frontier_png, wise_curve_png
+from search.tracking.names import (NOT_METRICS, curve_table, metrics_of, tracked, trial_run_name,
                            wise_curve)
-from .tracking import (KIND_TAG, MAX_TAG_CHARS, PARENT_TAG, STUDY_TAG, TRIAL_TAG,
+from search.tracking.recorder import (KIND_TAG, MAX_TAG_CHARS, PARENT_TAG, STUDY_TAG, TRIAL_TAG,
                        StudyRecorder, _log_metrics, _log_params, _log_png, _search)
 
 

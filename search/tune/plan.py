@@ -1,6 +1,6 @@
 """Where a trial trains and what it reserves: one pure function, no Ray import.
 
-Two ways to run a trial's worker function (:func:`search.trial.train_worker`):
+Two ways to run a trial's worker function (:func:`search.tune.trial.train_worker`):
 
 - ``actor``: directly in Tune's trial actor, which the next trial reuses. For one-worker CPU
   trials this is measured and worth it: torch and open_clip are imported once per study, not

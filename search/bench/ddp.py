@@ -88,7 +88,7 @@ def run_case(case: Case, spec: str, wrap: Callable[[nn.Module], nn.Module]
     of this process's samples at each step)."""
     from trainables.loop import train
 
-    from .trial import StudySetup, prepare
+    from search.tune.trial import StudySetup, prepare
 
     setup = StudySetup(method=case.method, model=MODEL, pretrained=None, data=spec,
                        storage_path="unused", base_params=case.run_params())

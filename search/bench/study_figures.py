@@ -7,7 +7,7 @@ worker group (``--worker-group``), and splits each wall time into trial compute 
 (process start-up, building model and data, reports, checkpoints: Tune's ``time_total_s`` minus
 compute), time in Tune outside the trainables, and the study's fixed cost (Ray start, driver
 set-up and zero-shot evaluation, MLflow, soups). Figure 4 runs the project's Tune wiring
-(``search.tuner.make_tuner`` over ``run_trial``) with random + FIFO, TPE + FIFO (the sampler's own
+(``search.tune.tuner.make_tuner`` over ``run_trial``) with random + FIFO, TPE + FIFO (the sampler's own
 effect) and TPE + ASHA on the same seeds and budgets, at budgets where TPE models (16 trials: 4
 random start-up trials, then 12 model-based), and reads every reported row of the result grids.
 Figure 6 times the README command in a subprocess.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .bench import REPO, Bench, Figure, Target, _shutdown_ray
+from search.bench.core import REPO, Bench, Figure, Target, _shutdown_ray
 
 COMPUTE_KEYS = ("time/epoch_train_s", "time/epoch_eval_s", "time/wise_select_s",
                 "time/report_eval_s")
@@ -79,8 +79,8 @@ def timing(obj: Any, name: str, sink: dict[str, float], key: str) -> Iterator[No
 
 def _study(bench: Bench, method: str, space: str, output: Path, num_samples: int, seed: int,
            overrides: list[str], flags: list[str] = ()):
-    from .cli import build_parser, parse_set
-    from .study import Study
+    from search.cli import build_parser, parse_set
+    from search.study import Study
     argv = ["--method", method, "--space", str(REPO / space), "--data", str(bench.data()),
             "--model", bench.model, "--output", str(output), "--num-samples", str(num_samples),
             "--seed", str(seed), "--quiet", *flags]
@@ -131,9 +131,9 @@ class OverheadRun:
 
 def _timed_study(bench: Bench, output: Path, flags: list[str]) -> OverheadRun:
     """Run figure 2's study once (``flags``: extra CLI flags) and time its phases."""
-    import search.ray_setup as ray_setup
-    from .tracking import StudyRecorder
-    from .tune_callback import MlflowTuneCallback
+    import search.tune.cluster as ray_setup
+    from search.tracking.recorder import StudyRecorder
+    from search.tracking.callback import MlflowTuneCallback
     method, space, n, overrides = OVERHEAD[bench.quick]
     _shutdown_ray()                     # each study starts the Ray its mode needs
     t: dict[str, float] = {}
@@ -214,8 +214,8 @@ def _search_rows(bench: Bench, method: str, space: str, n: int, overrides: list[
     """Run one search arm; every reported row in the order the (sequential) trials ran. An arm
     that finished in an earlier run with the same ``--work`` is read back (rows.json), so an
     interrupted figure resumes."""
-    from .space import tune_param_space
-    from .tuner import make_tuner
+    from search.space import tune_param_space
+    from search.tune.tuner import make_tuner
     sampler, scheduler = ARMS[arm]
     output = bench.scratch(f"efficiency/{arm}-seed{seed}-n{n}")
     done = output / "rows.json"

@@ -1,7 +1,7 @@
 """``python -m search.bench``: the project's performance figures, each a ratio measured in one run.
 
     python -m search.bench [--quick] [--only 1,3,5] [--write BENCHMARKS.md]
-    python -m search.bench [--quick] --only gpu [--write BENCHMARKS.md]   # search/bench_gpu.py
+    python -m search.bench [--quick] --only gpu [--write BENCHMARKS.md]   # search/bench/gpu.py
 
 1. training-step throughput of ``trainables.loop.train`` against a bare PyTorch loop;
 2. per-trial framework overhead of a search, and the whole search's wall time over trial compute;
@@ -101,7 +101,7 @@ class Bench:
             if self.quick:
                 # The tiny spec of the test suite: a dev tool run from the repository root.
                 sys.path.insert(0, str(REPO))
-                from tests.tiny_data import write_tiny_spec
+                from search.bench.tiny_data import write_tiny_spec
                 self._data = write_tiny_spec(self.work / "tiny", per_class=32)
             else:
                 from trainables.world.generate import default_world_dir, ensure_world
@@ -115,9 +115,9 @@ class Bench:
 
 
 def _figures() -> dict[int, Callable[[Bench], Figure]]:
-    from . import bench_search, bench_train, bench_wise
-    return {1: bench_train.throughput, 2: bench_search.overhead, 3: bench_wise.wise_search,
-            4: bench_search.efficiency, 5: bench_train.memory, 6: bench_search.quickstart}
+    from search.bench import study_figures, train, wise
+    return {1: train.throughput, 2: study_figures.overhead, 3: wise.wise_search,
+            4: study_figures.efficiency, 5: train.memory, 6: study_figures.quickstart}
 
 
 def machine() -> str:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_help import Parser
+    from search.cli_help import Parser
     p = Parser(prog="python -m search.bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="micro CLIP on the tiny test spec (a smoke test; skips 6)")
@@ -182,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
     if args.only.strip() == "ddp":      # a check, not a figure: its own output and exit status
-        from . import bench_ddp
+        from search.bench import ddp
         with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
-            return bench_ddp.main(Bench(True, Path(args.work or tmp).resolve()).data())
+            return ddp.main(Bench(True, Path(args.work or tmp).resolve()).data())
     if args.only.strip() in _CHECKS:        # a named check, run on its own
         return _run_check(args.only.strip(), args, argv)
     try:
@@ -226,8 +226,8 @@ def _main(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str])
 
 
 #: Named checks (``--only NAME``), each in its own module with ``run(quick, work, write,
-#: command) -> exit status``. ``gpu``: search/bench_gpu.py (imports no Ray, MLflow or Optuna).
-_CHECKS = {"gpu": "search.bench_gpu"}
+#: command) -> exit status``. ``gpu``: search/bench/gpu.py (imports no Ray, MLflow or Optuna).
+_CHECKS = {"gpu": "search.bench.gpu"}
 
 
 def _run_check(name: str, args: argparse.Namespace, argv: list[str]) -> int:

@@ -4,11 +4,11 @@ ARF (Han et al., CVPR 2024, §4.2; docs/methods.md#arf) regularises fine-tuning 
 image-text pairs:
 
 - ``captions``: every ID training image with a caption from a pretrained captioner (the paper:
-  BLIP-2; here any ``transformers`` image-to-text model, see :mod:`search.captioning`, or
+  BLIP-2; here any ``transformers`` image-to-text model, see :mod:`search.anchors.captioning`, or
   ``world``: the captions already in the spec's ``anchors.captions``, the embedded world's
   stand-in captioner);
 - ``retrieved``: for every training image x the k candidates maximising ``f(x) · g(t_can)`` with
-  the zero-shot CLIP (Eq. 4), searched with FAISS (:mod:`search.retrieval`) in a web-like
+  the zero-shot CLIP (Eq. 4), searched with FAISS (:mod:`search.anchors.retrieval`) in a web-like
   candidate set (the paper: CC3M), deduplicated.
 
 Candidates are a CSV/TSV of ``path,caption`` (a header row naming both; or CC3M's header-less
@@ -51,7 +51,7 @@ from trainables.errors import InputError
 from trainables.spec import DataSpec, Split, load_spec
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, create_clip
 
-from .retrieval import (IndexSettings, embed_images, embed_texts, iter_shards, read_table,
+from search.anchors.retrieval import (IndexSettings, embed_images, embed_texts, iter_shards, read_table,
                         retrieve, unique_candidates)
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def _absolute_paths(obj: Any, root: Path) -> Any:
 
 def resolve_inputs(spec: DataSpec, settings: AnchorSettings) -> tuple[str, str]:
     """(candidate source, captioner) after defaults; raises AnchorError when either is missing."""
-    from .captioning import check_captioner
+    from search.anchors.captioning import check_captioner
     source = settings.candidates or (str(spec.anchors["candidates"].path)
                                      if "candidates" in spec.anchors else None)
     if source is None:
@@ -332,7 +332,7 @@ def _caption_table(spec: DataSpec, train: list[str], captioner: str, cap_id: str
             log.warning("%d of %d training images have no caption in %s", missing, len(train),
                         split.path)
     else:
-        from .captioning import Captioner
+        from search.anchors.captioning import Captioner
         COUNTS["caption"] += 1
         model = Captioner.load(captioner, settings.device, settings.max_new_tokens)
         captions = dict(zip(train, model.caption(train, settings.caption_batch_size,

@@ -34,9 +34,9 @@ from trainables.methods import Method, MethodContext, get_method_class
 from trainables.models import ClipBundle, create_clip, logit_scale
 from trainables.wise import interpolate
 
-from . import faults
-from .plan import TrialPlan, plan_trial
-from .selection import select_alpha
+from search.tune import faults
+from search.tune.plan import TrialPlan, plan_trial
+from search.selection import select_alpha
 
 #: set (to 1) by ``search.run --verbose``: workers keep the libraries' INFO lines too
 VERBOSE_ENV = "ROBUST_SEARCH_VERBOSE"
@@ -63,12 +63,12 @@ class StudySetup:
     keep_checkpoints: int = 1
     eval_batch_size: int = 256
     torch_threads: int = 0
-    trial_runner: str = "auto"   # auto | actor | worker-group (search.plan)
+    trial_runner: str = "auto"   # auto | actor | worker-group (search.tune.plan)
     base_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def plan(self) -> TrialPlan:
-        """Where this study's trials train and what each reserves (:func:`search.plan.plan_trial`):
+        """Where this study's trials train and what each reserves (:func:`search.tune.plan.plan_trial`):
         by default a one-worker CPU trial in the reused Tune trial actor, every trial with a GPU
         or several workers in a Ray Train worker group."""
         return plan_trial(self.trial_runner, self.workers_per_trial, self.cpus_per_worker,
@@ -171,7 +171,7 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
 
 class WorkerSession(Protocol):
     """Where a trial's worker reports and what distributes it: Ray Tune's or Train's session
-    (:class:`search.ray_session.RaySession`), or :class:`LocalSession` (no Ray)."""
+    (:class:`search.tune.session.RaySession`), or :class:`LocalSession` (no Ray)."""
 
     rank: int
     device: torch.device
@@ -187,7 +187,7 @@ class WorkerSession(Protocol):
 
 @dataclass
 class LocalSession:
-    """A trial in this process without Ray (``search.bench_gpu``, tests): reports are kept in
+    """A trial in this process without Ray (``search.bench.gpu``, tests): reports are kept in
     ``reports``, checkpoints are written (that is part of a trial's cost) and dropped, and a
     trial starts fresh."""
 
@@ -216,7 +216,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import logging
     import os
 
-    from .ray_session import RaySession
+    from search.tune.session import RaySession
 
     if not os.environ.get(VERBOSE_ENV):   # Train's INFO line per saved checkpoint: every epoch
         logging.getLogger("ray.train").setLevel(logging.WARNING)
