@@ -31,8 +31,10 @@ from trainables.heads import zero_shot_weights
 from trainables.wise import interpolate
 
 from search.cli import fail
+from search.result import TrialRecord
+from search.runspec import RunSpec
 from search.selection import best_trial
-from search.tune.trial import FINAL, OBJECTIVE, StudySetup, prepare
+from search.tune.trial import prepare
 
 SOUPS = ("uniform", "greedy")
 
@@ -58,57 +60,47 @@ class Source:
     at_one: dict[str, float] = field(default_factory=dict)
 
 
-def strip(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    """``{"ft/id_test/acc": x}`` -> ``{"id_test/acc": x}`` for real-number values."""
-    return {k[len(prefix):]: float(v) for k, v in metrics.items()
-            if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def finished(trial: dict[str, Any]) -> bool:
-    """Whether a trial record (``search.study.trial_records``) ran to its WiSE selection."""
-    return trial["metrics"].get(FINAL) == 1.0 and not trial["error"] and bool(trial["checkpoint"])
-
-
-def trial_source(trial: dict[str, Any], alpha: float | None = None) -> Source:
+def trial_source(trial: TrialRecord, alpha: float | None = None) -> Source:
     """A finished trial at ``alpha`` (default: the α it selected on ID val)."""
-    if trial["error"]:
-        raise ExportError(f"trial {trial['trial_id']} failed ({trial['error']}): it has no model "
+    if trial.error:
+        raise ExportError(f"trial {trial.trial_id} failed ({trial.error}): it has no model "
                           "to export; pick a finished trial (summary.json lists them)")
-    if not finished(trial):
-        raise ExportError(f"trial {trial['trial_id']} was stopped before its WiSE selection "
+    if not (trial.finished and trial.checkpoint):
+        raise ExportError(f"trial {trial.trial_id} was stopped before its WiSE selection "
                           "(ASHA or an interrupted study): pick a finished trial")
-    m = trial["metrics"]
-    return Source("trial", trial["trial_id"], m["wise_alpha"] if alpha is None else alpha,
-                  [Path(trial["checkpoint"])], [trial["trial_id"]], dict(trial["config"]),
-                  strip(m, "ft/"))
+    result = trial.result
+    return Source("trial", trial.trial_id, result.alpha if alpha is None else alpha,
+                  [Path(trial.checkpoint)], [trial.trial_id], dict(trial.params),
+                  {k: float(v) for k, v in result.finetuned.items()})
 
 
-def soup_source(summary: dict[str, Any], trials: list[dict[str, Any]], name: str,
+def soup_source(summary: dict[str, Any], trials: list[TrialRecord], name: str,
                 alpha: float | None = None) -> Source:
     """The study's soup ``name``: the average of its recorded ingredients, in their order."""
     soup = (summary.get("soups") or {}).get(name)
     if soup is None:
         raise ExportError(f"the study made no {name} soup (it needs at least 2 finished trials "
                           "and soups.top_k > 0): export a trial with --trial")
-    by_id = {t["trial_id"]: t for t in trials}
-    checkpoints = [Path(by_id[i]["checkpoint"]) for i in soup["trials"]]
+    by_id = {t.trial_id: t for t in trials}
+    checkpoints = [Path(by_id[i].checkpoint) for i in soup["trials"]]
     return Source("soup", name, soup["selected_alpha"] if alpha is None else alpha, checkpoints,
                   list(soup["trials"]), dict(summary["best_params"]), dict(soup["soup"]))
 
 
-def chosen_source(summary: dict[str, Any], trials: list[dict[str, Any]]) -> Source:
+def chosen_source(summary: dict[str, Any], trials: list[TrialRecord]) -> Source:
     """The study's model: the best trial or a soup, each at its selected α, by ID val only."""
     if "best_trial" not in summary:
         return Source("zeroshot", "zeroshot", 0.0)
-    best = next(t for t in trials if t["trial_id"] == summary["best_trial"])
+    best = next(t for t in trials if t.trial_id == summary["best_trial"])
     names = [n for n in SOUPS if n in (summary.get("soups") or {})]
-    scores = [{OBJECTIVE: best["metrics"][OBJECTIVE]}] + [
-        {OBJECTIVE: summary["soups"][n]["wise"][M.ID_VAL]} for n in names]
-    pick = best_trial(scores, OBJECTIVE)        # ties keep the trial (listed first)
+    # ID val at each candidate's α*: the trial's objective, each soup + WiSE's ID val
+    scores = [{M.ID_VAL: best.result.objective}] + [
+        {M.ID_VAL: summary["soups"][n]["wise"][M.ID_VAL]} for n in names]
+    pick = best_trial(scores, M.ID_VAL)         # ties keep the trial (listed first)
     return trial_source(best) if pick == 0 else soup_source(summary, trials, names[pick - 1])
 
 
-def export_model(setup: StudySetup, source: Source, target: Path, summary: dict[str, Any],
+def export_model(setup: RunSpec, source: Source, target: Path, summary: dict[str, Any],
                  code_version: str, chosen_by: str = "search.export") -> dict[str, Any]:
     """Rebuild ``source`` at its α, evaluate it for the card and write the folder ``target``.
     ``chosen_by`` says who picked it (the card says so). Returns the model's metadata (as
@@ -213,11 +205,11 @@ uses the preprocessing stored here).
 
 
 # --- python -m search.export ---------------------------------------------------------------------
-def read_trials(output: Path, study: str) -> list[dict[str, Any]]:
+def read_trials(output: Path, study: str) -> list[TrialRecord]:
     """The study's trial records, read back from its Tune experiment folder."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from search.study import trial_records
+    from search.result import trial_records
     return trial_records(ResultGrid(ExperimentAnalysis(str(output / "ray" / study))))
 
 
@@ -257,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
             raise ExportError(f"--alpha {args.alpha} is outside [0, 1] (0 = zero-shot, "
                               "1 = fine-tuned)")
-        setup = StudySetup(**{**summary["setup"], "wise_grid": tuple(summary["setup"]["wise_grid"])})
+        setup = RunSpec.from_dict(summary["setup"])
         trials = read_trials(output, summary["study"]) if "best_trial" in summary else []
         if args.soup:
             source = soup_source(summary, trials, args.soup, args.alpha)
@@ -265,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             trial_id = args.trial or summary.get("best_trial")
             if trial_id is None:
                 raise ExportError("the study has no finished trial to export")
-            match = [t for t in trials if t["trial_id"] == trial_id]
+            match = [t for t in trials if t.trial_id == trial_id]
             if not match:
                 raise ExportError(f"no trial {trial_id!r} in {output}: one of "
-                                  f"{sorted(t['trial_id'] for t in trials)}")
+                                  f"{sorted(t.trial_id for t in trials)}")
             source = trial_source(match[0], args.alpha)
         info = export_model(setup, source, args.to, summary, code_version())
     except (InputError, model_folder.FolderError, FileNotFoundError) as err:   # bad input:

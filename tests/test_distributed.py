@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from search.runspec import RunSpec
 from search.tune.trial import StudySetup, prepare
 from trainables.loop import default_loader, train
 
@@ -33,12 +34,12 @@ PARAMS = dict(lr=1e-3, weight_decay=0.0, epochs=3, warmup_steps=0, grad_clip=1.0
 RTOL = 1e-4
 
 
-def _setup(spec: Path, batch_size: int) -> StudySetup:
-    return StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
-                      storage_path="unused", base_params={**PARAMS, "batch_size": batch_size})
+def _setup(spec: Path, batch_size: int) -> RunSpec:
+    return RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
+                   base_params={**PARAMS, "batch_size": batch_size})
 
 
-def _run(setup: StudySetup, wrap_module, make_loader=default_loader
+def _run(setup: RunSpec, wrap_module, make_loader=default_loader
          ) -> tuple[list[float], list[float]]:
     """Train with the one loop; returns (per-step losses of this process, epoch means)."""
     torch.set_num_threads(1)
@@ -63,7 +64,7 @@ def ddp_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    steps, epochs = _run(StudySetup(**config["setup"]), ray.train.torch.prepare_model)
+    steps, epochs = _run(StudySetup.from_dict(config["setup"]).run, ray.train.torch.prepare_model)
     rank = ray.train.get_context().get_world_rank()
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"steps": steps,
                                                                    "epochs": epochs}))
@@ -93,7 +94,7 @@ def test_two_workers_follow_the_one_worker_trajectory(tiny_spec, tmp_path):
     try:
         TorchTrainer(
             ddp_worker,
-            train_loop_config={"setup": setup_dict(_setup(tiny_spec, GLOBAL_BATCH)),
+            train_loop_config={"setup": setup_dict(StudySetup(_setup(tiny_spec, GLOBAL_BATCH))),
                                "out": str(tmp_path)},
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from search.tune import optuna_study as O
 from search.space import SpaceError, load_space, startup_trials
 from search.soups import greedy_soup
-from search.tune.trial import FINAL, OBJECTIVE
+from search.result import FINAL, OBJECTIVE
 
 from .test_soups import _ingredient
 
@@ -248,9 +248,10 @@ def test_tuner_names_its_metric_sets_one_concurrency_limit_and_warns(tmp_path, m
     from ray.tune.search import ConcurrencyLimiter
 
     from search.tune import tuner
+    from search.runspec import RunSpec
     from search.tune.trial import StudySetup
     monkeypatch.setattr(tuner, "make_trainable", lambda setup: (lambda config: None))
-    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data="unused",
+    setup = StudySetup(RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=""),
                        storage_path=str(tmp_path))
     built = tuner.make_tuner(setup, {"lr": tune.loguniform(1e-4, 3e-3)}, study_name="s",
                              sampler="tpe", seed=0, scheduler="asha", grace_period=1,

@@ -90,6 +90,7 @@ def test_no_service_binds_to_every_interface_or_turns_off_ray_auth():
 def test_local_ray_dashboard_binds_to_localhost(monkeypatch):
     """``init_ray`` starting a local Ray passes ``dashboard_host="127.0.0.1"`` (ray.init mocked)."""
     from search.tune import cluster as ray_setup
+    from search.runspec import RunSpec
     from search.tune.trial import StudySetup
     calls = []
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")   # init_ray sets a default
@@ -97,8 +98,8 @@ def test_local_ray_dashboard_binds_to_localhost(monkeypatch):
     monkeypatch.setattr(ray_setup.ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(ray_setup, "check_resources", lambda *a, **k: None)
     monkeypatch.setattr(ray_setup, "check_cluster", lambda *a, **k: None)
-    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None,
-                       data=str(ROOT / "nonexistent.yaml"), storage_path="/nonexistent")
+    setup = StudySetup(RunSpec(method="ft", model="micro-clip-16", pretrained=None,
+                               data=str(ROOT / "nonexistent.yaml")), storage_path="/nonexistent")
     ray_setup.init_ray(None, setup, 1)
     assert len(calls) == 1 and calls[0]["dashboard_host"] == "127.0.0.1"
 

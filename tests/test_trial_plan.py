@@ -15,12 +15,14 @@ import pytest
 import torch
 
 from search.tune.plan import plan_trial
+from search.runspec import RunSpec
 from search.tune.trial import StudySetup
 from trainables.device import loader_workers, prefetch_factor, trial_device
 
 
 def _setup(**kw) -> StudySetup:
-    return StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s", **kw)
+    return StudySetup(RunSpec(method="ft", model="m", pretrained=None, data="d"), storage_path="s",
+                      **kw)
 
 
 def test_gpu_trial_is_a_worker_group_and_cpu_trial_runs_in_the_actor_by_default():

@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.tune.trial import FINAL, OBJECTIVE, LocalSession, StudySetup, prepare, run_worker, setup_dict
+from search.result import FINAL, OBJECTIVE
+from search.runspec import RunSpec
+from search.tune.trial import LocalSession, StudySetup, prepare, run_worker, setup_dict
 from trainables.loop import default_loader, train
 from trainables.sampling import GlobalBatchSampler
 
@@ -22,17 +24,17 @@ def tiny_spec(tmp_path_factory):
     return write_tiny_spec(tmp_path_factory.mktemp("opts"), per_class=8)
 
 
-def _setup(spec, method: str = "ft", **params) -> StudySetup:
+def _setup(spec, method: str = "ft", **params) -> RunSpec:
     base = dict(lr=1e-3, weight_decay=0.0, epochs=2, batch_size=8, warmup_steps=0, seed=0,
                 max_steps_per_epoch=2)
     base.update(params)
-    return StudySetup(method=method, model="micro-clip-16", pretrained=None, data=str(spec),
-                      storage_path="unused", wise_grid=(0.0, 0.5, 1.0), base_params=base)
+    return RunSpec(method=method, model="micro-clip-16", pretrained=None, data=str(spec),
+                   wise_grid=(0.0, 0.5, 1.0), base_params=base)
 
 
 def test_run_worker_without_ray_reports_every_epoch_and_the_final_result(tiny_spec):
     session = LocalSession(torch.device("cpu"))
-    run_worker({"params": {}, "setup": setup_dict(_setup(tiny_spec, "flyp")),
+    run_worker({"params": {}, "setup": setup_dict(StudySetup(_setup(tiny_spec, "flyp"))),
                 "run_name": "local"}, session)
     *epochs, final = session.reports
     assert [r["epoch"] for r in epochs] == [1, 2]

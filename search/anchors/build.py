@@ -53,6 +53,7 @@ from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, cre
 
 from search.anchors.retrieval import (IndexSettings, embed_images, embed_texts, iter_shards, read_table,
                         retrieve, unique_candidates)
+from search.runspec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -357,3 +358,15 @@ def ensure_retrieved(spec_path: Path, model: str, pretrained: str | None) -> Pat
                                                            progress=False))
     log.info("ARF anchors for %s: %s", spec_path, spec)
     return spec
+
+
+def with_anchors(run: RunSpec) -> RunSpec:
+    """``run`` with its data spec extended by retrieved anchors when its method needs them and
+    the spec has none (ARF: :func:`ensure_retrieved`, prepared once and cached); else ``run``."""
+    from dataclasses import replace
+
+    from trainables.methods import get_method_class
+    if ("retrieved" in get_method_class(run.method).anchor_sets
+            and "retrieved" not in load_spec(run.data).anchors):
+        return replace(run, data=str(ensure_retrieved(Path(run.data), run.model, run.pretrained)))
+    return run

@@ -88,10 +88,11 @@ def run_case(case: Case, spec: str, wrap: Callable[[nn.Module], nn.Module]
     of this process's samples at each step)."""
     from trainables.loop import train
 
-    from search.tune.trial import StudySetup, prepare
+    from search.runspec import RunSpec
+    from search.tune.trial import prepare
 
-    setup = StudySetup(method=case.method, model=MODEL, pretrained=None, data=spec,
-                       storage_path="unused", base_params=case.run_params())
+    setup = RunSpec(method=case.method, model=MODEL, pretrained=None, data=spec,
+                    base_params=case.run_params())
     parts = prepare(setup, {}, "cpu")
     deterministic = parts.bundle.preprocess_val          # see the module docstring
     parts.data.train.transform = deterministic

@@ -181,15 +181,15 @@ def throughput(sizes: Sizes, device: torch.device) -> tuple[list[list[str]], flo
 # --- 2. a whole trial ----------------------------------------------------------------------------
 def whole_trial(spec: Path, sizes: Sizes, device: torch.device, work: Path) -> list[list[str]]:
     """One flyp trial through ``search.tune.trial.run_worker`` without Ray; its time split."""
+    from search.runspec import RunSpec
     from search.tune.trial import LocalSession, StudySetup, run_worker, setup_dict
 
-    setup = StudySetup(method="flyp", model=sizes.model, pretrained=None, data=str(spec),
-                       storage_path=str(work / "trial"),
+    run = RunSpec(method="flyp", model=sizes.model, pretrained=None, data=str(spec),
+                  base_params={"epochs": sizes.epochs, "batch_size": sizes.batch,
+                               "lr": 1e-5, "weight_decay": 0.1, "warmup_steps": 2, "seed": 0})
+    setup = StudySetup(run, storage_path=str(work / "trial"),
                        gpus_per_worker=1.0 if device.type == "cuda" else 0.0,
-                       cpus_per_worker=float(os.cpu_count() or 1),
-                       base_params={"epochs": sizes.epochs, "batch_size": sizes.batch,
-                                    "lr": 1e-5, "weight_decay": 0.1, "warmup_steps": 2,
-                                    "seed": 0})
+                       cpus_per_worker=float(os.cpu_count() or 1))
     session = LocalSession(device)
     start = time.perf_counter()
     run_worker({"params": {}, "setup": setup_dict(setup), "run_name": "gpu-check"}, session)

@@ -30,9 +30,11 @@ from trainables import metrics as M
 from trainables.methods import METHODS
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
+from search.anchors.build import with_anchors
+from search.result import TrialResult, decode, encode, frontier_point
+from search.runspec import RunSpec
 from search.tracking.table import format_table
-from search.tracking.names import wise_curve
-from search.tune.trial import StudySetup, prepare, wise_evaluation
+from search.tune.trial import prepare, wise_evaluation
 
 LR_SCALE = 1e-3 / 3e-5
 COMMON = dict(epochs=3, batch_size=128, warmup_steps=20, weight_decay=0.1, grad_clip=1.0)
@@ -54,14 +56,13 @@ ORDER = ["zeroshot", "lp", "ft", "lp-ft", "l2-sp", "flyp", "car-ft", "clip-cite"
 
 
 def run_one(method: str, seed: int, data: str, model: str, pretrained: str | None,
-            wise_grid: tuple[float, ...] = tuple(i / 10 for i in range(11))) -> dict[str, float]:
-    """Train ``method`` once at its defaults and return the final metrics (ft/…, wise/…)."""
+            wise_grid: tuple[float, ...] = tuple(i / 10 for i in range(11))) -> TrialResult:
+    """Train ``method`` once at its defaults; its WiSE result (``timings`` adds ``train_s``)."""
     from trainables.loop import train
     params = {**COMMON, **DEFAULTS[method], "seed": seed}
-    setup = StudySetup(method=method, model=model, pretrained=pretrained, data=data,
-                       storage_path="unused", wise_grid=tuple(wise_grid))
-    from search.study import _with_anchors      # ARF: retrieved anchors, prepared once and cached
-    setup = replace(setup, data=str(_with_anchors(setup, METHODS[method], Path("."))))
+    # ARF: retrieved anchors, prepared once and cached
+    setup = with_anchors(RunSpec(method=method, model=model, pretrained=pretrained, data=data,
+                                 wise_grid=tuple(wise_grid)))
     if METHODS[method].trains_nothing:
         params = {"seed": seed}
     parts = prepare(setup, params)
@@ -71,17 +72,26 @@ def run_one(method: str, seed: int, data: str, model: str, pretrained: str | Non
               eval_transform=parts.bundle.preprocess_val)
     train_s = time.perf_counter() - start
     out = wise_evaluation(parts, parts.method.final_state_dict(parts.model), setup)
-    out["time/train_s"] = train_s
-    return out
+    return replace(out, timings={**out.timings, "train_s": train_s})
 
 
-def aggregate(runs: list[dict[str, float]], prefix: str) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean and standard deviation over seeds of every ``prefix``-metric."""
-    keys = [k for k in runs[0] if k.startswith(prefix)]
-    mean = {k[len(prefix):]: statistics.fmean(r[k] for r in runs) for k in keys}
-    std = {k[len(prefix):]: statistics.pstdev(r[k] for r in runs) if len(runs) > 1 else 0.0
-           for k in keys}
+def aggregate(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and standard deviation over seeds of every metric of the first run."""
+    mean = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
+    std = {k: statistics.pstdev(r[k] for r in runs) if len(runs) > 1 else 0.0 for k in runs[0]}
     return mean, std
+
+
+def mean_result(runs: list[TrialResult]) -> tuple[TrialResult, dict[str, float], dict[str, float]]:
+    """The seeds' mean result (metrics at α = 1, at α*, along the curve; α*), and the standard
+    deviations of the α = 1 and α* metrics."""
+    ft, ft_std = aggregate([r.finetuned for r in runs])
+    wise, wise_std = aggregate([r.wise for r in runs])
+    curve = tuple((a, aggregate([dict(r.curve)[a] for r in runs])[0]) for a, _ in runs[0].curve)
+    mean = TrialResult(objective=statistics.fmean(r.objective for r in runs),
+                       alpha=statistics.fmean(r.alpha for r in runs), finetuned=ft, wise=wise,
+                       curve=curve)
+    return mean, ft_std, wise_std
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _rows(methods: list[str], seeds: int, results: dict[str, TrialResult]
+          ) -> tuple[dict, dict, list, dict[str, float] | None]:
+    """The table's rows (each method, and + WiSE), their spreads over seeds, the frontier's
+    points and the zero-shot row (a method that trains nothing: θ_zs)."""
+    rows, spread, frontier = {}, {}, []
+    zeroshot: dict[str, float] | None = None
+    for method in methods:
+        runs = [v for k, v in results.items() if k.split("/")[0] == method]
+        if not runs:
+            continue
+        mean, ft_std, wise_std = mean_result(runs)
+        wanted = 1 if METHODS[method].trains_nothing else seeds
+        label = method if len(runs) >= wanted else f"{method} (only {len(runs)} seed(s))"
+        rows[label], spread[label] = mean.finetuned, ft_std
+        if not METHODS[method].trains_nothing:
+            name = f"{label} + WiSE (α={mean.alpha:.2f})"
+            rows[name], spread[name] = mean.wise, wise_std
+            frontier.append(frontier_point(method, mean))
+        else:
+            zeroshot = mean.finetuned
+    return rows, spread, frontier, zeroshot
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -124,36 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             if key in raw or args.table_only:   # resumable: finished runs are kept
                 continue
             t0 = time.perf_counter()
-            raw[key] = run_one(method, seed, str(args.data), args.model, args.pretrained,
-                               tuple(args.wise_grid))
-            print(f"{key}: ID test {raw[key]['ft/' + M.ID_TEST]:.1f}, shift "
-                  f"{raw[key].get('ft/' + M.OOD_AVG, float('nan')):.1f}, WiSE α "
-                  f"{raw[key]['wise_alpha']:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            result = run_one(method, seed, str(args.data), args.model, args.pretrained,
+                             tuple(args.wise_grid))
+            raw[key] = encode(result)
+            print(f"{key}: ID test {result.finetuned[M.ID_TEST]:.1f}, shift "
+                  f"{result.finetuned.get(M.OOD_AVG, float('nan')):.1f}, WiSE α "
+                  f"{result.alpha:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
             raw_path.write_text(json.dumps(raw, indent=1))
-    rows, spread, frontier = {}, {}, []
-    zeroshot: dict[str, float] | None = None     # a method that trains nothing: θ_zs
-    for method in args.methods:
-        runs = [v for k, v in raw.items() if k.split("/")[0] == method]
-        if not runs:
-            continue
-        mean, std = aggregate(runs, "ft/")
-        wanted = 1 if METHODS[method].trains_nothing else len(args.seeds)
-        label = method if len(runs) >= wanted else f"{method} (only {len(runs)} seed(s))"
-        rows[label], spread[label] = mean, std
-        if not METHODS[method].trains_nothing:
-            wmean, wstd = aggregate(runs, "wise/")
-            alphas = [r["wise_alpha"] for r in runs]
-            name = f"{label} + WiSE (α={statistics.fmean(alphas):.2f})"
-            rows[name], spread[name] = wmean, wstd
-            curve_mean, _ = aggregate(runs, "wise_curve/")
-            frontier.append({"trial_id": method,
-                             "curve": wise_curve({f"wise_curve/{k}": v
-                                                  for k, v in curve_mean.items()}),
-                             "selected_alpha": statistics.fmean(alphas),
-                             "metrics": {**{f"ft/{k}": v for k, v in mean.items()},
-                                         **{f"wise/{k}": v for k, v in wmean.items()}}})
-        else:
-            zeroshot = mean
+    rows, spread, frontier, zeroshot = _rows(args.methods, len(args.seeds),
+                                             {k: decode(v) for k, v in raw.items()})
     table = format_table(rows, spread, markdown=True)
     from search.tracking.plots import study_frontier_png
     plot = study_frontier_png(frontier, args.output / "frontier.png",

@@ -130,29 +130,21 @@ class OverheadRun:
 
 
 def _timed_study(bench: Bench, output: Path, flags: list[str]) -> OverheadRun:
-    """Run figure 2's study once (``flags``: extra CLI flags) and time its phases."""
-    import search.tune.cluster as ray_setup
-    from search.tracking.recorder import StudyRecorder
+    """Run figure 2's study once (``flags``: extra CLI flags) and time its phases: the study's
+    own (:attr:`search.study.Study.phases`), and the Tune callback's MLflow logging (its public
+    Ray ``Callback`` hooks, timed from outside)."""
     from search.tracking.callback import MlflowTuneCallback
     method, space, n, overrides = OVERHEAD[bench.quick]
     _shutdown_ray()                     # each study starts the Ray its mode needs
     t: dict[str, float] = {}
     start = time.perf_counter()
     with ExitStack() as stack:
-        stack.enter_context(timing(ray_setup, "init_ray", t, "ray start"))
-        for name in ("start", "finish"):
-            stack.enter_context(timing(StudyRecorder, name, t, "MLflow (driver)"))
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
             stack.enter_context(timing(MlflowTuneCallback, name, t, "MLflow (Tune callback)"))
         study = _study(bench, method, space, output, n, 0, overrides, flags)
-        t["validation + driver set-up"] = time.perf_counter() - start - t.get("ray start", 0.0)
-        stack.enter_context(timing(study.parts.evaluator, "evaluate", t, "zero-shot evaluation"))
-        stack.enter_context(timing(study, "_tune", t, "Tune"))
-        stack.enter_context(timing(study, "_soups", t, "soups"))
-        stack.enter_context(timing(study, "_importances", t, "importances"))
         study.run()
     wall = time.perf_counter() - start
-    return OverheadRun(t, wall, trial_rows(output / "ray" / study.name))
+    return OverheadRun({**study.phases, **t}, wall, trial_rows(output / "ray" / study.name))
 
 
 def overhead(bench: Bench) -> Figure:
@@ -214,7 +206,7 @@ def _search_rows(bench: Bench, method: str, space: str, n: int, overrides: list[
     """Run one search arm; every reported row in the order the (sequential) trials ran. An arm
     that finished in an earlier run with the same ``--work`` is read back (rows.json), so an
     interrupted figure resumes."""
-    from search.space import tune_param_space
+    from search.inputs import param_space
     from search.tune.tuner import make_tuner
     sampler, scheduler = ARMS[arm]
     output = bench.scratch(f"efficiency/{arm}-seed{seed}-n{n}")
@@ -227,8 +219,7 @@ def _search_rows(bench: Bench, method: str, space: str, n: int, overrides: list[
     study = _study(bench, method, space, output, n, seed,
                    overrides + [f"search.sampler={sampler}", f"search.scheduler={scheduler}",
                                 "search.max_concurrent_trials=1"])
-    params = {k: v for k, v in tune_param_space(study.space).items()
-              if k not in study.setup.base_params}
+    params = param_space(study.space, study.setup)
     s = study.space.search
     grid = make_tuner(study.setup, params, study_name=study.name, sampler=sampler, seed=seed,
                       scheduler=scheduler, grace_period=s.grace_period,

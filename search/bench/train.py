@@ -301,7 +301,8 @@ def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
     from trainables.spec import load_spec
     from trainables.loop import train
     from search.bench.report import COMMON, DEFAULTS
-    from search.tune.trial import StudySetup, prepare
+    from search.runspec import RunSpec
+    from search.tune.trial import prepare
     torch.set_num_threads(os.cpu_count() or 1)
     device = torch.device(args.device)
     load_spec(args.data)
@@ -310,8 +311,8 @@ def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
     base_kb = _reset_peak_rss()
     params = {**COMMON, **DEFAULTS[args.method], "epochs": 1, "batch_size": args.batch,
               "warmup_steps": 0, "max_steps_per_epoch": args.steps, "seed": 0}
-    setup = StudySetup(method=args.method, model=args.model, pretrained=args.pretrained,
-                       data=str(args.data), storage_path="unused")
+    setup = RunSpec(method=args.method, model=args.model, pretrained=args.pretrained,
+                    data=str(args.data))
     parts = prepare(setup, params, device)
     train_images = parts.data.train
     data = replace(parts.data, train=LabeledImages(train_images.samples[:args.batch * args.steps],

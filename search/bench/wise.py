@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
-from pathlib import Path
 
 from trainables import metrics as M
 from trainables.evaluate import SELECTION
-from trainables.methods import METHODS
 from trainables.wise import interpolate
 
 from search.bench.core import Bench, Figure, Target
 from search.bench.report import COMMON, DEFAULTS
 from search.selection import select_alpha
-from search.tune.trial import StudySetup, prepare
+from search.runspec import RunSpec
+from search.tune.trial import prepare
 
 GRID = [round(i / 10, 1) for i in range(11)]
 GOLDEN_EVALUATIONS = 6
@@ -30,7 +28,7 @@ FULL = dict(methods=["ft", "lp-ft", "flyp", "car-ft", "l2-sp"], seeds=[0, 1],
             params=dict(max_steps_per_epoch=25))
 
 
-def compare(setup: StudySetup, params: dict) -> dict[str, float]:
+def compare(setup: RunSpec, params: dict) -> dict[str, float]:
     """Train once, then search α on ID val with both strategies; their choices and costs."""
     from trainables.loop import train
     parts = prepare(setup, params)
@@ -60,12 +58,11 @@ def compare(setup: StudySetup, params: dict) -> dict[str, float]:
 def wise_search(bench: Bench) -> Figure:
     """Figure 3: evaluations, seconds, agreement and ID-val gap of golden vs the 11-point grid."""
     preset = QUICK if bench.quick else FULL
-    from search.study import _with_anchors
+    from search.anchors.build import with_anchors
     rows = []
     for method in preset["methods"]:
-        setup = StudySetup(method=method, model=bench.model, pretrained=bench.pretrained,
-                           data=str(bench.data()), storage_path="unused")
-        setup = replace(setup, data=str(_with_anchors(setup, METHODS[method], Path("."))))
+        setup = with_anchors(RunSpec(method=method, model=bench.model,
+                                     pretrained=bench.pretrained, data=str(bench.data())))
         for seed in preset["seeds"]:
             params = {**COMMON, **DEFAULTS[method], **preset["params"], "seed": seed}
             rows.append((method, seed, compare(setup, params)))

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search.tracking.plots import trial_frontier_png, wise_curve_png
-from search.tracking.names import (NOT_METRICS, curve_table, metrics_of, tracked, trial_run_name,
-                           wise_curve)
+from search.result import TrialResult, decode, is_final
+from search.tracking.names import curve_table, tracked, trial_run_name
 from search.tracking.recorder import (KIND_TAG, MAX_TAG_CHARS, PARENT_TAG, STUDY_TAG, TRIAL_TAG,
                        StudyRecorder, _log_metrics, _log_params, _log_png, _search)
 
@@ -95,33 +95,38 @@ class MlflowTuneCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
-        if result.get("final") == 1.0:     # the WiSE result comes after the last epoch's: it
+        if is_final(result):               # the WiSE result comes after the last epoch's: it
             step = max(0, step - 1)          # belongs to that epoch, not to an extra one
         _log_metrics(self.client, self.run_id(trial), tracked(result), step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Tune has already passed every result (the last included) to on_trial_result.
-        run_id, result = self.run_id(trial), trial.last_result or {}
-        curve, alpha = wise_curve(result), result.get("wise_alpha")
-        for tag in sorted(NOT_METRICS - {"final"}):
-            if tag in result:
-                self.client.set_tag(run_id, tag, f"{result[tag]:g}")
-        if result.get("final") != 1.0:
+        run_id, last = self.run_id(trial), trial.last_result or {}
+        result = decode(last) if is_final(last) else None
+        if result is None:
             self.client.set_tag(run_id, "stopped_early", "stopped by the scheduler before "
                                 "its WiSE selection")
-        if curve:
-            table = curve_table(curve, metrics_of(result), self.zeroshot)
-            self.client.log_table(run_id, table, "wise_curve.json")
-            title = f"WiSE-FT of {self._name(trial, alpha)}"
-            _log_png(self.client, run_id, lambda t, a, p: wise_curve_png(t, a, p, title),
-                     "wise_curve.png", table, alpha)
-            full = {a: {k: table[k][i] for k in table if k != "alpha" and table[k][i] == table[k][i]}
-                    for i, a in enumerate(table["alpha"])}      # v == v: not NaN
-            _log_png(self.client, run_id, lambda c, a, p: trial_frontier_png(c, a, p, title),
-                     "frontier.png", dict(sorted(full.items())), alpha)
-        if alpha is not None:
-            self.client.update_run(run_id, name=self._name(trial, alpha))
+        else:
+            self.client.set_tag(run_id, "wise_evaluations", f"{result.evaluations:g}")
+            self._log_curve(run_id, trial, result)
+            self.client.update_run(run_id, name=self._name(trial, result.alpha))
         self.client.set_terminated(run_id, "FINISHED")
+
+    def _log_curve(self, run_id: str, trial: Any, result: TrialResult) -> None:
+        """The WiSE curve as the table ``wise_curve.json`` and the plots ``wise_curve.png`` and
+        ``frontier.png``."""
+        if not result.curve:
+            return
+        alpha = result.alpha
+        table = curve_table(result.curve_points(), result.finetuned, self.zeroshot)
+        self.client.log_table(run_id, table, "wise_curve.json")
+        title = f"WiSE-FT of {self._name(trial, alpha)}"
+        _log_png(self.client, run_id, lambda t, a, p: wise_curve_png(t, a, p, title),
+                 "wise_curve.png", table, alpha)
+        full = {a: {k: table[k][i] for k in table if k != "alpha" and table[k][i] == table[k][i]}
+                for i, a in enumerate(table["alpha"])}      # v == v: not NaN
+        _log_png(self.client, run_id, lambda c, a, p: trial_frontier_png(c, a, p, title),
+                 "frontier.png", dict(sorted(full.items())), alpha)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)

@@ -12,7 +12,7 @@ from ray.tune.utils import flatten_dict
 
 from trainables import metrics as M
 
-CURVE_PREFIX = "wise_curve/"
+from search.result import ALPHA, CURVE_PREFIX, EVALUATIONS, FINAL, OBJECTIVE, decode
 #: Ray's bookkeeping keys in a result (ray.tune.result.AUTO_RESULT_KEYS and friends): not metrics
 BOOKKEEPING = frozenset({
     "done", "trial_id", "experiment_id", "experiment_tag", "date", "timestamp", "hostname",
@@ -20,7 +20,7 @@ BOOKKEEPING = frozenset({
     "time_since_restore", "timesteps_since_restore", "iterations_since_restore", "timesteps_total",
     "episodes_total", "checkpoint_path", "checkpoint_dir_name", "should_checkpoint"})
 #: numbers a trial reports that describe the run, not a measurement: tags on its run
-NOT_METRICS = frozenset({"final", "wise_evaluations"})
+NOT_METRICS = frozenset({FINAL, EVALUATIONS})
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
 
 
@@ -50,21 +50,16 @@ def tracked(result: Mapping[str, Any]) -> dict[str, float]:
     ``wise_alpha`` becomes :data:`M.WISE_ALPHA`."""
     out = {}
     for key, value in metrics_of(result).items():
-        if key == "objective" or key in NOT_METRICS:
+        if key == OBJECTIVE or key in NOT_METRICS:
             continue
-        key = M.WISE_ALPHA if key == "wise_alpha" else _key(key)
+        key = M.WISE_ALPHA if key == ALPHA else _key(key)
         out[key] = M.rounded(key, value)
     return out
 
 
 def wise_curve(result: Mapping[str, Any]) -> dict[float, dict[str, float]]:
-    """``{alpha: {metric: value}}`` from a result's ``wise_curve/<alpha:.2f>/<metric>`` keys."""
-    curve: dict[float, dict[str, float]] = {}
-    for key, value in _flatten(result).items():
-        if key.startswith(CURVE_PREFIX) and isinstance(value, numbers.Real):
-            alpha, _, metric = key[len(CURVE_PREFIX):].partition("/")
-            curve.setdefault(float(alpha), {})[metric] = float(value)
-    return dict(sorted(curve.items()))
+    """``{alpha: {metric: value}}`` of a trial's final Tune result (:func:`search.result.decode`)."""
+    return decode(_flatten(result)).curve_points()
 
 
 def _short(value: Any) -> str:
@@ -91,14 +86,13 @@ def trial_run_name(trial_id: str, searched: Mapping[str, Any], alpha: float | No
     return " ".join(parts)[:250]
 
 
-def curve_table(curve: Mapping[float, Mapping[str, float]], final: Mapping[str, Any],
+def curve_table(curve: Mapping[float, Mapping[str, float]], finetuned: Mapping[str, float],
                 zeroshot: Mapping[str, float]) -> dict[str, list[float]]:
     """The WiSE curve as columns: ``alpha``, ``id_val/acc``, each ``ood/<set>/acc``,
     ``ood/avg_acc``. α = 0 is the study's zero-shot result (the same weights θ_zs for every
-    trial) and α = 1 the trial's ``ft/`` metrics whenever the search did not evaluate them."""
+    trial) and α = 1 the trial's fine-tuned metrics whenever the search did not evaluate them."""
     points = {round(float(a), 4): dict(v) for a, v in curve.items()}
-    ft = {k[len(M.FINETUNED) + 1:]: v for k, v in final.items()
-          if k.startswith(M.FINETUNED + "/") and isinstance(v, numbers.Real)}
+    ft = {k: v for k, v in finetuned.items() if isinstance(v, numbers.Real)}
     for alpha, known in ((0.0, zeroshot), (1.0, ft)):
         if known:
             row = points.setdefault(alpha, {})

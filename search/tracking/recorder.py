@@ -17,7 +17,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 from unittest import mock
 from urllib.parse import urlparse
 
@@ -27,7 +27,8 @@ from mlflow.tracking import MlflowClient
 from trainables import metrics as M
 from trainables.errors import InputError
 
-from search.tracking.names import _flatten, _key, metrics_of, tracked, wise_curve
+from search.result import TrialRecord, encode, frontier_point
+from search.tracking.names import _flatten, _key, metrics_of, tracked
 from search.tracking.plots import study_frontier_png
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
@@ -166,26 +167,22 @@ def _log_dataset(client: MlflowClient, run_id: str, spec: Path) -> None:
                                             [InputTag("mlflow.data.context", "train")])])
 
 
-def results_note(study_name: str, table: Mapping[str, Any], best: Mapping[str, Any],
-                 soups: Mapping[str, Any], best_id: str) -> str:
+def results_note(study_name: str, table: Mapping[str, Mapping[str, float]],
+                 best: TrialRecord | None, soups: Mapping[str, Any]) -> str:
     """The study run's description (``mlflow.note.content``): the results table in Markdown."""
     from search.tracking.table import format_table
     rows: dict[str, dict[str, float]] = {}
-    if isinstance(table.get("zeroshot"), Mapping):
-        rows["zero-shot"] = dict(table["zeroshot"])
-    if isinstance(table.get("finetuned"), Mapping):
-        rows["fine-tuned (α=1)"] = dict(table["finetuned"])
-    alpha = best.get("wise_alpha", (best.get("metrics") or {}).get("wise_alpha"))
-    if isinstance(table.get("wise"), Mapping) and alpha is not None:
-        rows[f"WiSE (α*={alpha:.2f})"] = dict(table["wise"])
+    for key, label in (("zeroshot", "zero-shot"), ("finetuned", "fine-tuned (α=1)")):
+        if key in table:
+            rows[label] = dict(table[key])
+    if "wise" in table and best is not None:
+        rows[f"WiSE (α*={best.result.alpha:.2f})"] = dict(table["wise"])
     for kind, entry in soups.items():
-        if isinstance(entry, Mapping) and isinstance(entry.get("soup"), Mapping):
-            n = len(entry.get("trials", []))
-            rows[f"{kind} soup ({n} trial{'s' if n != 1 else ''})"] = dict(entry["soup"])
-            if isinstance(entry.get("wise"), Mapping):
-                rows[f"{kind} soup + WiSE (α*={entry['selected_alpha']:.2f})"] = dict(entry["wise"])
-    head = f"**Study {study_name}**" + (f", chosen trial `{best_id}` (selected on ID val)"
-                                        if best_id else "")
+        n = len(entry["trials"])
+        rows[f"{kind} soup ({n} trial{'s' if n != 1 else ''})"] = dict(entry["soup"])
+        rows[f"{kind} soup + WiSE (α*={entry['selected_alpha']:.2f})"] = dict(entry["wise"])
+    head = f"**Study {study_name}**" + (f", chosen trial `{best.trial_id}` (selected on ID val)"
+                                        if best else "")
     body = format_table(rows, markdown=True) if rows else "(no results)"
     return f"{head}\n\nAccuracy in %.\n\n{body}\n"
 
@@ -274,8 +271,8 @@ class StudyRecorder:
         from search.tracking.callback import MlflowTuneCallback
         return MlflowTuneCallback(self)
 
-    def finish(self, best: Mapping[str, Any] | None, table: Mapping[str, Any],
-               frontier_points: list[Mapping[str, Any]], soups: Mapping[str, Any],
+    def finish(self, best: TrialRecord | None, table: Mapping[str, Mapping[str, float]],
+               frontier: Sequence[TrialRecord], soups: Mapping[str, Mapping[str, Any]],
                importances: Mapping[str, float]) -> None:
         """Log the study's outcome on the parent run and mark it FINISHED.
 
@@ -283,71 +280,57 @@ class StudyRecorder:
         trial run uses (:func:`tracked`), so the columns of the runs table line up; the chosen
         trial's run gets the tag ``best``.
 
-        ``best`` (None if no trial finished): ``trial_id``, ``params`` (or ``config``), its
-        ``wise_alpha`` (or inside ``metrics``) and ``metrics`` (its final Tune result).
-        ``table``: the report's rows; ``zeroshot`` is logged as ``pretrained/<metric>``, other
-        rows already on the run as the chosen trial's ``ft/`` and ``wise/`` metrics are not
-        repeated. ``frontier_points``: one dict per trial with ``trial_id`` and either ``curve``
-        (``{alpha: {metric: value}}``) plus ``selected_alpha``, or ``metrics`` holding its
-        ``wise_curve/...`` keys and ``wise_alpha``. ``soups``: kind -> ``{"soup": metrics,
-        "wise": metrics, "selected_alpha": α, "trials": [...]}`` (or the soup's metrics alone),
-        logged as ``soup/<kind>/<metric>``, ``soup/<kind>/wise/<metric>`` and
-        ``soup/<kind>/wise/alpha``. ``importances``: ``importance/<param>``.
+        ``best``: the chosen trial (None if no trial finished). ``table``: the report's rows as
+        summary.json has them; ``zeroshot`` is logged as ``pretrained/<metric>``, the others are
+        the chosen trial's ``ft/`` and ``wise/`` metrics, already logged. ``frontier``: the
+        finished trials (their WiSE curves on the frontier plot). ``soups``: kind ->
+        ``{"soup": metrics, "wise": metrics, "selected_alpha": α, "trials": [...]}``, logged as
+        ``soup/<kind>/<metric>``, ``soup/<kind>/wise/<metric>`` and ``soup/<kind>/wise/alpha``.
+        ``importances``: ``importance/<param>``.
         """
         client, run_id = self.client, self._require_parent()
-        best = best or {}
-        best_id = str(best.get("trial_id", ""))
-        metrics = tracked(best.get("metrics", {}))
-        if best_id:
-            client.set_tag(run_id, "best_trial_id", best_id)
-            child = _search(client, self.experiment_id,
-                            f"tags.`{PARENT_TAG}` = '{run_id}' AND tags.{TRIAL_TAG} = '{best_id}'")
-            if child:
-                client.set_tag(run_id, "best_run_id", child[0].info.run_id)
-                client.set_tag(child[0].info.run_id, "best", "true")
-            params = best.get("params") or best.get("config") or {}
-            _log_params(client, run_id, {**self.trial_defaults, **params})
-            alpha = best.get("wise_alpha", best.get("metrics", {}).get("wise_alpha"))
-            if alpha is not None:
-                metrics[M.WISE_ALPHA] = M.rounded(M.WISE_ALPHA, alpha)
-        for row, values in table.items():
-            if row == "zeroshot" and isinstance(values, Mapping):
-                metrics.update({f"{M.PRETRAINED}/{k}": M.rounded(k, v)
-                                for k, v in metrics_of(values).items()})
-            elif not isinstance(values, Mapping):       # a flat metric of the whole study
-                metrics.update(tracked({row: values}))
-        soup_tags = {}
+        metrics = self._mark_best(best) if best is not None else {}
+        metrics.update({f"{M.PRETRAINED}/{k}": M.rounded(k, v)
+                        for k, v in metrics_of(table.get("zeroshot", {})).items()})
         for kind, entry in soups.items():
-            if not isinstance(entry, Mapping):
-                continue
-            plain = entry["soup"] if isinstance(entry.get("soup"), Mapping) else entry
-            metrics.update({M.soup(kind, k): M.rounded(k, v) for k, v in metrics_of(plain).items()})
-            if isinstance(entry.get("wise"), Mapping):
-                metrics.update({M.soup(kind, k, wise=True): M.rounded(k, v)
-                                for k, v in metrics_of(entry["wise"]).items()})
-            if entry.get("selected_alpha") is not None:
-                metrics[M.soup(kind, "alpha", wise=True)] = M.rounded(
-                    "alpha", entry["selected_alpha"])
-            members = entry.get("trials", entry.get("members"))
-            if members:
-                soup_tags[f"soup/{kind}/trials"] = ",".join(map(str, members))[:MAX_TAG_CHARS]
-        for tag, value in soup_tags.items():
-            client.set_tag(run_id, tag, value)
+            metrics.update({M.soup(kind, k): M.rounded(k, v)
+                            for k, v in metrics_of(entry["soup"]).items()})
+            metrics.update({M.soup(kind, k, wise=True): M.rounded(k, v)
+                            for k, v in metrics_of(entry["wise"]).items()})
+            metrics[M.soup(kind, "alpha", wise=True)] = M.rounded("alpha", entry["selected_alpha"])
+            client.set_tag(run_id, f"soup/{kind}/trials",
+                           ",".join(map(str, entry["trials"]))[:MAX_TAG_CHARS])
         metrics.update({f"importance/{k}": M.rounded("importance", v)
                         for k, v in importances.items()})
         _log_metrics(client, run_id, metrics, step=0)
-        trials = [{**_frontier_trial(t), "best": str(t.get("trial_id")) == best_id}
-                  for t in frontier_points]
+        best_id = best.trial_id if best is not None else None
+        trials = [{**frontier_point(t.trial_id, t.result), "best": t.trial_id == best_id}
+                  for t in frontier]
         _log_png(client, run_id, lambda t, s, p: study_frontier_png(
             t, p, s, zeroshot=self.zeroshot or table.get("zeroshot")), "study_frontier.png",
-            trials, {k: v for k, v in soups.items() if isinstance(v, Mapping)})
+            trials, dict(soups))
         client.set_tag(run_id, "mlflow.note.content", results_note(
-            self.study_name, table, best, soups, best_id))
-        summary = {"study_name": self.study_name, "best": best, "table": table, "soups": soups,
-                   "importances": importances, "frontier": trials}
+            self.study_name, table, best, soups))
+        summary = {"study_name": self.study_name, "best": best.as_dict() if best else {},
+                   "table": table, "soups": soups, "importances": importances, "frontier": trials}
         client.log_dict(run_id, json.loads(json.dumps(summary, default=_json_default)),
                         "summary.json")
         client.set_terminated(run_id, "FINISHED")
+
+    def _mark_best(self, best: TrialRecord) -> dict[str, float]:
+        """Tag the chosen trial (on the study run and its own run), log its configuration on the
+        study run; returns its final metrics under their MLflow names."""
+        client, run_id = self.client, self._require_parent()
+        client.set_tag(run_id, "best_trial_id", best.trial_id)
+        child = _search(client, self.experiment_id,
+                        f"tags.`{PARENT_TAG}` = '{run_id}' AND tags.{TRIAL_TAG} = '{best.trial_id}'")
+        if child:
+            client.set_tag(run_id, "best_run_id", child[0].info.run_id)
+            client.set_tag(child[0].info.run_id, "best", "true")
+        _log_params(client, run_id, {**self.trial_defaults, **best.params})
+        metrics = tracked(encode(best.result))
+        metrics[M.WISE_ALPHA] = M.rounded(M.WISE_ALPHA, best.result.alpha)
+        return metrics
 
     def fail(self, message: str) -> None:
         """End the parent run FAILED (the driver could not finish), ``message`` as tag ``error``."""
@@ -359,19 +342,6 @@ class StudyRecorder:
         if self.parent_run_id is None:
             raise RuntimeError("StudyRecorder.start() has not been called")
         return self.parent_run_id
-
-
-def _frontier_trial(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """``{trial_id, curve, selected_alpha}`` from a trial given by its curve or by its metrics."""
-    metrics = entry.get("metrics") or {}
-    curve = entry.get("curve") or wise_curve(metrics)
-    if any(isinstance(k, str) for k in curve):  # flat wise_curve/... keys
-        curve = wise_curve(curve)
-    return {"trial_id": str(entry.get("trial_id", "")), "curve": curve,
-            "selected_alpha": entry.get("selected_alpha", metrics.get("wise_alpha")),
-            # the report panel's points: the trial at α = 1 and at α*
-            "metrics": {k: v for k, v in metrics.items()
-                        if k.startswith((f"{M.FINETUNED}/", f"{M.WISE}/"))}}
 
 
 def _json_default(value: Any) -> Any:

@@ -49,7 +49,7 @@ def init_ray(address: str | None, setup: StudySetup, max_concurrent: int,
                                                    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
                                                    "ROBUST_SEARCH_VERBOSE")
                         if k in os.environ}}
-    env["env_vars"].update(required_env(setup.data))
+    env["env_vars"].update(required_env(setup.run.data))
     if ray.is_initialized():
         return
     if address:

@@ -29,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables.errors import InputError
 
-from search.tune.trial import FINAL
+from search.result import FINAL
 
 log = logging.getLogger(__name__)
 

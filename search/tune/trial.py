@@ -15,7 +15,8 @@ import contextlib
 import copy
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from typing import Any, ContextManager, Iterator, Protocol
 
 import torch
@@ -34,37 +35,30 @@ from trainables.methods import Method, MethodContext, get_method_class
 from trainables.models import ClipBundle, create_clip, logit_scale
 from trainables.wise import interpolate
 
+from search.result import OBJECTIVE, TrialResult, encode
+from search.runspec import RunSpec
 from search.tune import faults
 from search.tune.plan import TrialPlan, plan_trial
 from search.selection import select_alpha
 
 #: set (to 1) by ``search.run --verbose``: workers keep the libraries' INFO lines too
 VERBOSE_ENV = "ROBUST_SEARCH_VERBOSE"
-OBJECTIVE = "objective"      # what Tune, Optuna and ASHA maximise: ID-val accuracy
-FINAL = "final"              # 1.0 on the result that carries the WiSE selection
 
 
 @dataclass(frozen=True)
 class StudySetup:
-    """What every trial of a study shares (static; the searched values come from Tune)."""
+    """What every trial of a study shares (static; the searched values come from Tune): the run
+    (:class:`search.runspec.RunSpec`) and how Ray runs it: workers, resources, storage."""
 
-    method: str
-    model: str
-    pretrained: str | None
-    data: str
-    storage_path: str
-    wise_strategy: str = "grid"
-    wise_grid: tuple[float, ...] = tuple(i / 10 for i in range(11))
-    wise_evaluations: int = 6
+    run: RunSpec
+    storage_path: str = ""           # OUTPUT/ray: Tune's and Train's folders ("": no Ray)
     workers_per_trial: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     max_failures: int = 0
     keep_checkpoints: int = 1
-    eval_batch_size: int = 256
     torch_threads: int = 0
     trial_runner: str = "auto"   # auto | actor | worker-group (search.tune.plan)
-    base_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def plan(self) -> TrialPlan:
@@ -85,6 +79,12 @@ class StudySetup:
         actor, else 1 CPU for the actor plus every Train worker's CPUs/GPUs."""
         return dict(self.plan.total)
 
+    @classmethod
+    def from_dict(cls, flat: dict[str, Any]) -> "StudySetup":
+        """The inverse of :func:`setup_dict`."""
+        run_keys = {f.name for f in fields(RunSpec)}
+        return cls(RunSpec.from_dict(flat), **{k: v for k, v in flat.items() if k not in run_keys})
+
 
 @dataclass
 class RunParts:
@@ -100,9 +100,10 @@ class RunParts:
     evaluator: Evaluator
 
 
-def prepare(setup: StudySetup, params: dict[str, Any], device: torch.device | str = "cpu"
-            ) -> RunParts:
-    """Build model, method, data and evaluator for one run; raises ConfigError/DataError early."""
+def prepare(setup: RunSpec, params: dict[str, Any], device: torch.device | str = "cpu",
+            cpus_per_worker: float = 1.0) -> RunParts:
+    """Build model, method, data and evaluator for one run; raises ConfigError/DataError early.
+    ``cpus_per_worker``: the CPUs reserved for this process (its evaluator's loader workers)."""
     device = torch.device(device)
     cls = get_method_class(setup.method)
     train_cfg, method_params = split_config({**setup.base_params, **params}, cls.Params)
@@ -126,13 +127,14 @@ def prepare(setup: StudySetup, params: dict[str, Any], device: torch.device | st
                         reference=reference)
     evaluator = Evaluator(data, bundle.tokenizer, device, batch_size=setup.eval_batch_size,
                           num_workers=loader_workers(train_cfg.num_workers,
-                                                     setup.cpus_per_worker, device))
+                                                     cpus_per_worker, device))
     return RunParts(bundle, method, train_cfg, model, theta_zs, ctx, data, evaluator)
 
 
-def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: StudySetup
-                    ) -> dict[str, float]:
-    """Select α on ID val, then evaluate for reporting; returns the flat final metrics."""
+def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: RunSpec
+                    ) -> TrialResult:
+    """Select α on ID val, then evaluate for reporting (the report sets at α = 1 and α*, the
+    OOD sets along the curve)."""
     model, method, evaluator = parts.model, parts.method, parts.evaluator
     keys = method.trained_names(model)
 
@@ -147,26 +149,24 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
     alpha, curve = select_alpha(id_val_at, setup.wise_strategy, list(setup.wise_grid),
                                 setup.wise_evaluations)
     select_s = time.perf_counter() - start
-    out: dict[str, float] = {OBJECTIVE: curve[alpha], "wise_alpha": alpha, FINAL: 1.0,
-                             "time/wise_select_s": select_s,
-                             "wise_evaluations": float(len(curve))}
     # Reporting only, after selection: OOD along the curve (frontier plot), everything at α=1, α*.
-    ood_sets = [k for k in evaluator.sets if k.startswith("ood/")]
+    ood_sets = [k for k, s in evaluator.sets.items() if s.kind == "ood"]
     ood_at: dict[float, dict[str, float]] = {}   # α -> OOD metrics, reused by the final report
+    rows = []
     for a, id_val in sorted(curve.items()):
-        out[M.curve(a, M.ID_VAL)] = id_val
         if ood_sets:
             ood_at[a] = evaluator.evaluate(load(a), method, ood_sets)
-            for name, value in ood_at[a].items():
-                out[M.curve(a, name)] = value
-    for prefix, a in (("ft", 1.0), ("wise", alpha)):
+        rows.append((a, {M.ID_VAL: id_val, **ood_at.get(a, {})}))
+    at: dict[float, dict[str, float]] = {}       # 1.0 and α*: every report set
+    for a in (1.0, alpha):
         known = ood_at.get(round(a, 4), {})   # same weights, same images: no second pass
         sets = [k for k in evaluator.report_sets if not (known and k in ood_sets)]
-        for name, value in {**known, **evaluator.evaluate(load(a), method, sets)}.items():
-            out[M.at(prefix, name)] = value
-    out["time/report_eval_s"] = time.perf_counter() - start - select_s
+        at[a] = {**known, **evaluator.evaluate(load(a), method, sets)}
     model.load_state_dict(theta_ft)
-    return out
+    return TrialResult(objective=curve[alpha], alpha=alpha, finetuned=at[1.0], wise=at[alpha],
+                       curve=tuple(rows), evaluations=len(curve), timings={
+                           "wise_select_s": select_s,
+                           "report_eval_s": time.perf_counter() - start - select_s})
 
 
 class WorkerSession(Protocol):
@@ -220,46 +220,40 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     if not os.environ.get(VERBOSE_ENV):   # Train's INFO line per saved checkpoint: every epoch
         logging.getLogger("ray.train").setLevel(logging.WARNING)
-    setup = StudySetup(**loop_config["setup"])
+    setup = StudySetup.from_dict(loop_config["setup"])
     if setup.torch_threads:
         torch.set_num_threads(setup.torch_threads)
     run_worker(loop_config, RaySession(setup.in_trial_process, setup.gpus_per_worker))
 
 
-def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
-    """Train, report per epoch, then WiSE-select and report, through ``session``."""
-    from trainables.loop import train
+class TrialReporter:
+    """What a trial's worker reports through its session: every epoch's metrics (rank 0 adds
+    ID val, the objective, and a checkpoint of the weights and the loop's state), then the final
+    result with θ_ft. Rank 0 also fires the faults a test injects (:mod:`search.tune.faults`)."""
 
-    setup = StudySetup(**loop_config["setup"])
-    rank, device = session.rank, session.device
-    start = time.perf_counter()
-    parts = prepare(setup, loop_config["params"], device)
-    setup_s = {"time/setup_s": time.perf_counter() - start}   # model + data; on the first report
-    fault_index = (faults.trial_index(loop_config["run_name"])
-                   if rank == 0 else None)    # None unless a test injects faults
-    run_config = {"method": setup.method, "model": setup.model, "pretrained": setup.pretrained,
-                  "classes": list(parts.data.spec.classes), "params": loop_config["params"]}
+    def __init__(self, session: WorkerSession, parts: RunParts, run_config: dict[str, Any],
+                 setup_s: float, fault_index: int | None) -> None:
+        self.session, self.parts, self.run_config = session, parts, run_config
+        self.pending = {"time/setup_s": setup_s}   # model + data: on the first report only
+        self.fault_index = fault_index
 
-    resume = None
-    with session.checkpoint_dir() as ckpt_dir:
-        if ckpt_dir is not None:
-            state, _, resume = load_checkpoint(ckpt_dir, device)
-            parts.model.load_state_dict(state)
-
-    def report(metrics: dict[str, float], state: dict[str, torch.Tensor] | None,
-               loop_state=None) -> None:
+    def report(self, metrics: dict[str, float], state: dict[str, torch.Tensor] | None,
+               loop_state: Any = None) -> None:
         # the objective first: Tune's live table shows the first metrics a trial reports
-        metrics = {**{k: metrics[k] for k in (OBJECTIVE,) if k in metrics}, **setup_s, **metrics}
-        setup_s.clear()
-        if rank != 0 or state is None:
-            session.report(metrics)
+        metrics = {**{k: metrics[k] for k in (OBJECTIVE,) if k in metrics}, **self.pending,
+                   **metrics}
+        self.pending = {}
+        if self.session.rank != 0 or state is None:
+            self.session.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(tmp, state, run_config, loop_state)
-            session.report(metrics, tmp)
+            save_checkpoint(tmp, state, self.run_config, loop_state)
+            self.session.report(metrics, tmp)
 
-    def on_epoch_end(epoch_report, snapshot) -> None:
-        metrics = {M.EPOCH: epoch_report.epoch, M.TRAIN_LOSS: epoch_report.train_loss,
+    def on_epoch_end(self, epoch_report: Any, snapshot: Any) -> None:
+        """``trainables.loop.train``'s hook: ``snapshot()`` is the loop's state to resume from."""
+        parts, rank, epoch = self.parts, self.session.rank, epoch_report.epoch
+        metrics = {M.EPOCH: epoch, M.TRAIN_LOSS: epoch_report.train_loss,
                    "time/epoch_train_s": epoch_report.seconds,
                    **{f"train/{k}": v for k, v in epoch_report.terms.items()}}
         if rank == 0:
@@ -267,34 +261,60 @@ def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
             metrics.update(parts.evaluator.evaluate(parts.model, parts.method, SELECTION))
             metrics[OBJECTIVE] = metrics[M.ID_VAL]
             metrics["time/epoch_eval_s"] = time.perf_counter() - start
-            faults.inject("raise", epoch_report.epoch, fault_index)
-        report(metrics, parts.model.state_dict() if rank == 0 else None, snapshot())
+            faults.inject("raise", epoch, self.fault_index)
+        self.report(metrics, parts.model.state_dict() if rank == 0 else None, snapshot())
         if rank == 0:
-            faults.inject("pause", epoch_report.epoch, fault_index)
+            faults.inject("pause", epoch, self.fault_index)
 
-    def make_loader(*args, **kwargs):
-        from trainables.loop import default_loader
+
+def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
+    """Train, report per epoch, then WiSE-select and report, through ``session``."""
+    from trainables.loop import default_loader, train
+
+    setup = StudySetup.from_dict(loop_config["setup"])
+    rank, device = session.rank, session.device
+    start = time.perf_counter()
+    parts = prepare(setup.run, loop_config["params"], device, setup.cpus_per_worker)
+    run_config = {"method": setup.run.method, "model": setup.run.model,
+                  "pretrained": setup.run.pretrained, "classes": list(parts.data.spec.classes),
+                  "params": loop_config["params"]}
+    reporter = TrialReporter(session, parts, run_config, time.perf_counter() - start,
+                             faults.trial_index(loop_config["run_name"]) if rank == 0 else None)
+    resume = None
+    with session.checkpoint_dir() as ckpt_dir:
+        if ckpt_dir is not None:
+            state, _, resume = load_checkpoint(ckpt_dir, device)
+            parts.model.load_state_dict(state)
+    reports = []
+    if not parts.method.trains_nothing and (resume is None or resume.stage_index <
+                                            len(parts.method.stages())):
         # Pinned host memory lets the (non-blocking) host-to-GPU copies overlap compute. The
         # loop's sampler already gives this worker its share of each global batch (Ray's
         # prepare_data_loader would replace it with a DistributedSampler), and the loop moves
         # each batch to the device itself.
-        return default_loader(*args, **kwargs, pin_memory=device.type == "cuda")
-
-    reports = []
-    if not parts.method.trains_nothing and (resume is None or resume.stage_index <
-                                            len(parts.method.stages())):
         reports = train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg,
                         device=device, eval_transform=parts.bundle.preprocess_val,
-                        on_epoch_end=on_epoch_end, resume=resume, make_loader=make_loader,
+                        on_epoch_end=reporter.on_epoch_end, resume=resume,
+                        make_loader=partial(default_loader, pin_memory=device.type == "cuda"),
                         wrap_module=session.wrap_module)
-    final: dict[str, float] = {M.EPOCH: (reports[-1].epoch if reports else
-                                         (resume.global_epoch if resume else 0)) + 1}
+    epoch = (reports[-1].epoch if reports else (resume.global_epoch if resume else 0)) + 1
     theta_ft = parts.method.final_state_dict(parts.model)
-    if rank == 0:
-        final.update(wise_evaluation(parts, theta_ft, setup))
-    report(final, theta_ft if rank == 0 else None)
+    if rank != 0:
+        reporter.report({M.EPOCH: epoch}, None)
+        return
+    result = wise_evaluation(parts, theta_ft, setup.run)
+    reporter.report(encode(replace(result, epoch=epoch)), theta_ft)
+
+
+#: the order of a setup's flat fields (as summary.json and MLflow's config.json have them)
+_FLAT_ORDER = ("method", "model", "pretrained", "data", "storage_path", "wise_strategy",
+               "wise_grid", "wise_evaluations", "workers_per_trial", "gpus_per_worker",
+               "cpus_per_worker", "max_failures", "keep_checkpoints", "eval_batch_size",
+               "torch_threads", "trial_runner", "base_params")
 
 
 def setup_dict(setup: StudySetup) -> dict[str, Any]:
-    """The setup as a plain dict (what travels to the workers in ``train_loop_config``)."""
-    return asdict(setup)
+    """The setup as one flat plain dict (what travels to the workers in ``train_loop_config``,
+    what summary.json stores and ``search.export`` rebuilds it from: :meth:`StudySetup.from_dict`)."""
+    flat = {**asdict(setup.run), **{k: v for k, v in asdict(setup).items() if k != "run"}}
+    return dict(sorted(flat.items(), key=lambda kv: _FLAT_ORDER.index(kv[0])))
