@@ -114,7 +114,7 @@ def encode(result: TrialResult) -> dict[str, Any]:
     out: dict[str, Any] = {OBJECTIVE: result.objective}
     if result.epoch is not None:
         out[M.EPOCH] = result.epoch
-    out.update({ALPHA: result.alpha, FINAL: 1.0, EVALUATIONS: result.evaluations})
+    out.update({ALPHA: result.alpha, FINAL: 1.0, EVALUATIONS: float(result.evaluations)})
     out.update({TIME_PREFIX + k: v for k, v in result.timings.items()})
     out.update(encode_curve(result.curve))
     out.update({M.at(M.FINETUNED, k): v for k, v in result.finetuned.items()})

@@ -58,7 +58,8 @@ def tracked(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def wise_curve(result: Mapping[str, Any]) -> dict[float, dict[str, float]]:
-    """``{alpha: {metric: value}}`` of a trial's final Tune result (:func:`search.result.decode`)."""
+    """``{alpha: {metric: value}}`` of a trial's final Tune result
+    (:func:`search.result.decode`)."""
     return decode(_flatten(result)).curve_points()
 
 

@@ -323,7 +323,8 @@ class StudyRecorder:
         client, run_id = self.client, self._require_parent()
         client.set_tag(run_id, "best_trial_id", best.trial_id)
         child = _search(client, self.experiment_id,
-                        f"tags.`{PARENT_TAG}` = '{run_id}' AND tags.{TRIAL_TAG} = '{best.trial_id}'")
+                        f"tags.`{PARENT_TAG}` = '{run_id}' "
+                        f"AND tags.{TRIAL_TAG} = '{best.trial_id}'")
         if child:
             client.set_tag(run_id, "best_run_id", child[0].info.run_id)
             client.set_tag(child[0].info.run_id, "best", "true")

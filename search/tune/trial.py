@@ -314,7 +314,8 @@ _FLAT_ORDER = ("method", "model", "pretrained", "data", "storage_path", "wise_st
 
 
 def setup_dict(setup: StudySetup) -> dict[str, Any]:
-    """The setup as one flat plain dict (what travels to the workers in ``train_loop_config``,
-    what summary.json stores and ``search.export`` rebuilds it from: :meth:`StudySetup.from_dict`)."""
+    """The setup as one flat plain dict: what travels to the workers in ``train_loop_config``,
+    what summary.json stores and ``search.export`` rebuilds the run from
+    (:meth:`StudySetup.from_dict`, :meth:`search.runspec.RunSpec.from_dict`)."""
     flat = {**asdict(setup.run), **{k: v for k, v in asdict(setup).items() if k != "run"}}
     return dict(sorted(flat.items(), key=lambda kv: _FLAT_ORDER.index(kv[0])))
