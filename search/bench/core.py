@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 SECTION = "## Performance (search.bench)"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]     # search/bench/core.py -> the repository
 
 
 @dataclass
