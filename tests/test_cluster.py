@@ -5,7 +5,8 @@ The cluster is two ``ray start --block`` processes (head + worker, 2 logical CPU
 takes 2 CPUs (``--cpus-per-worker 2``, its worker function in the Tune trial actor), so two
 concurrent trials must span both nodes. The data is the built-in PACS spec over a fake DomainBed
 tree; ``DOMAINBED_ROOT`` is set in the driver only, so the run also shows the spec's variables
-travelling to the other node's workers in the runtime environment. Every process started here is stopped by its own id.
+travelling to the other node's workers in the runtime environment. Every process started here is
+stopped by its own id.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ BIN = Path(sys.executable).parent
 PACS_DOMAINS = ["art_painting", "cartoon", "photo", "sketch"]
 
 
-# --- the checks, without a cluster ---------------------------------------------------------------
+# --- the checks, without a cluster ----------------------------------------------------------------
 NODES = [{"NodeID": "a", "NodeManagerAddress": "10.0.0.1"},
          {"NodeID": "b", "NodeManagerAddress": "10.0.0.2"}]
 
@@ -79,7 +80,7 @@ def test_max_concurrent_is_derived_from_resources():
     assert not setup.in_trial_process                                # 2 workers: a group
 
 
-# --- a real two-node cluster -------------------------------------------------------------------------
+# --- a real two-node cluster ----------------------------------------------------------------------
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:

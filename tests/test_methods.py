@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from trainables.config import TrainConfig, split_config
-from trainables.methods import (METHODS, Batch, get_method_class, is_head, is_image_tower,
-                                is_logit_scale, is_text_tower)
+from trainables.methods import (
+    METHODS,
+    Batch,
+    get_method_class,
+    is_head,
+    is_image_tower,
+    is_logit_scale,
+    is_text_tower,
+)
 from trainables.methods.flyp import MAX_LOGIT_SCALE
 from trainables.models import ClipClassifier
 from trainables.wise import interpolate

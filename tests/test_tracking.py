@@ -10,10 +10,10 @@ import pytest
 import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
-from search.tracking.plots import frontier_data, study_frontier_png
-from search.tracking.names import curve_table, metrics_of, tracked, trial_run_name, wise_curve
-from search.tracking.recorder import StudyRecorder, TrackingError, ensure_tracking
 from search.tracking.callback import MlflowTuneCallback
+from search.tracking.names import curve_table, metrics_of, tracked, trial_run_name, wise_curve
+from search.tracking.plots import frontier_data, study_frontier_png
+from search.tracking.recorder import StudyRecorder, TrackingError, ensure_tracking
 from trainables import metrics as M
 
 ALPHAS = [i / 10 for i in range(11)]

@@ -36,7 +36,7 @@ class ModelError(InputError):
 
 
 def register_model_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Register every ``*.json`` architecture in ``config_dir`` with open_clip; returns the names."""
+    """Register every ``*.json`` architecture in ``config_dir`` with open_clip; returns names."""
     names = []
     for path in sorted(config_dir.glob("*.json")):
         open_clip.add_model_config(path)

@@ -207,7 +207,8 @@ def templates_from(obj: Any, where: str, spec: Path, root: Path | None = None
     return tuple(obj)
 
 
-def _classes(obj: dict, root: Path, where: str, spec: Path, folder: Split | None) -> tuple[str, ...]:
+def _classes(obj: dict, root: Path, where: str, spec: Path,
+             folder: Split | None) -> tuple[str, ...]:
     if "classes" in obj:
         names = obj["classes"]
         if not isinstance(names, list) or not all(

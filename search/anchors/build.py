@@ -46,13 +46,19 @@ import numpy as np
 import torch
 import yaml
 
+from search.anchors.retrieval import (
+    IndexSettings,
+    embed_images,
+    embed_texts,
+    iter_shards,
+    read_table,
+    retrieve,
+    unique_candidates,
+)
 from trainables.data import read_pairs, read_samples
 from trainables.errors import InputError
-from trainables.spec import DataSpec, Split, load_spec
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, create_clip
-
-from search.anchors.retrieval import (IndexSettings, embed_images, embed_texts, iter_shards, read_table,
-                        retrieve, unique_candidates)
+from trainables.spec import DataSpec, Split, load_spec
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,12 @@ import os
 import sys
 from pathlib import Path
 
-from trainables.data import DataError
-from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelError
-
 from search.anchors.build import AnchorError, AnchorSettings, default_device, prepare_anchors
 from search.anchors.captioning import CaptionerError
-from search.cli import fail
 from search.anchors.retrieval import INDEX_TYPES, CandidateError, IndexSettings
+from search.cli import fail
+from trainables.data import DataError
+from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -239,7 +239,8 @@ def _run_check(name: str, args: argparse.Namespace, argv: list[str]) -> int:
     work = (args.work or Path(tmp.name)).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return module.run(args.quick, work, args.write, "python -m search.bench " + shlex.join(argv))
+        command = "python -m search.bench " + shlex.join(argv)
+        return module.run(args.quick, work, args.write, command)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -9,8 +9,8 @@ the same code as a search trial (``search.tune.trial.prepare`` → ``trainables.
 Paper defaults are for ViT-B/16 at batch 512 on ImageNet. The embedded tiny CLIP needs a larger
 step to move at all (docs/world.md: FT's 3e-5 does nothing, 1e-3 shows the phenomenon), so every
 method's paper learning rate (and SWA's swa_lr) is multiplied by ONE common factor,
-``LR_SCALE = 1e-3 / 3e-5``; loss weights, schedules and ratios stay the papers'. Nothing is tuned per
-method.
+``LR_SCALE = 1e-3 / 3e-5``; loss weights, schedules and ratios stay the papers'. Nothing is tuned
+per method.
 """
 from __future__ import annotations
 
@@ -26,13 +26,12 @@ from typing import Any
 
 import torch
 
+from search.tracking.names import wise_curve
+from search.tracking.table import format_table
+from search.tune.trial import StudySetup, prepare, wise_evaluation
 from trainables import metrics as M
 from trainables.methods import METHODS
 from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
-
-from search.tracking.table import format_table
-from search.tracking.names import wise_curve
-from search.tune.trial import StudySetup, prepare, wise_evaluation
 
 LR_SCALE = 1e-3 / 3e-5
 COMMON = dict(epochs=3, batch_size=128, warmup_steps=20, weight_decay=0.1, grad_clip=1.0)
@@ -60,7 +59,7 @@ def run_one(method: str, seed: int, data: str, model: str, pretrained: str | Non
     params = {**COMMON, **DEFAULTS[method], "seed": seed}
     setup = StudySetup(method=method, model=model, pretrained=pretrained, data=data,
                        storage_path="unused", wise_grid=tuple(wise_grid))
-    from search.study import _with_anchors      # ARF: retrieved anchors, prepared once and cached
+    from search.study import _with_anchors  # ARF: retrieved anchors, prepared once and cached
     setup = replace(setup, data=str(_with_anchors(setup, METHODS[method], Path("."))))
     if METHODS[method].trains_nothing:
         params = {"seed": seed}
@@ -75,7 +74,8 @@ def run_one(method: str, seed: int, data: str, model: str, pretrained: str | Non
     return out
 
 
-def aggregate(runs: list[dict[str, float]], prefix: str) -> tuple[dict[str, float], dict[str, float]]:
+def aggregate(runs: list[dict[str, float]], prefix: str
+              ) -> tuple[dict[str, float], dict[str, float]]:
     """Mean and standard deviation over seeds of every ``prefix``-metric."""
     keys = [k for k in runs[0] if k.startswith(prefix)]
     mean = {k[len(prefix):]: statistics.fmean(r[k] for r in runs) for k in keys}
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="open_clip pretrained tag or a local .safetensors file")
     p.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER, metavar="METHOD",
-                   help=f"methods to train ({', '.join(ORDER)}), each at its defaults, one row (and WiSE row) each")
+                   help=f"methods to train ({', '.join(ORDER)}), each at its defaults, one row "
+                        "(and WiSE row) each")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds per method; the table shows mean ± std over them")
     p.add_argument("--output", type=Path, default=Path("runs/report"),

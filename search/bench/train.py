@@ -141,9 +141,9 @@ def _bare(model: nn.Module, trains: Callable[[str], bool], dataset: Dataset,
 
 def compare_loops(case: ThroughputCase) -> tuple[list[float], list[float]]:
     """Per-round seconds per step of (ours, bare), alternating which loop runs first."""
+    from trainables.config import TrainConfig
     from trainables.heads import build_classifier
     from trainables.methods import MethodContext, get_method_class
-    from trainables.config import TrainConfig
     from trainables.models import create_clip, logit_scale
     device = torch.device(case.device)
     torch.manual_seed(0)
@@ -224,8 +224,8 @@ def _spec_with_retrieved(spec: Path, work: Path) -> Path:
 
 def memory(bench: Bench) -> Figure:
     """Figure 5: peak training memory of every method relative to FT (one subprocess each)."""
-    from trainables.methods import METHODS
     from search.bench.report import ORDER
+    from trainables.methods import METHODS
     methods = [m for m in ORDER if m in METHODS and not METHODS[m].trains_nothing and
                (not bench.quick or m in QUICK_MEMORY_METHODS)]
     batch, steps = 128, 3
@@ -297,11 +297,11 @@ def _peak_rss_kb() -> int:
 
 
 def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
-    from trainables.data import LabeledImages
-    from trainables.spec import load_spec
-    from trainables.loop import train
     from search.bench.report import COMMON, DEFAULTS
     from search.tune.trial import StudySetup, prepare
+    from trainables.data import LabeledImages
+    from trainables.loop import train
+    from trainables.spec import load_spec
     torch.set_num_threads(os.cpu_count() or 1)
     device = torch.device(args.device)
     load_spec(args.data)

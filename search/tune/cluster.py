@@ -14,9 +14,8 @@ from typing import Callable
 
 import ray
 
-from trainables.errors import InputError
-
 from search.tune.trial import StudySetup
+from trainables.errors import InputError
 
 
 class ResourceError(InputError):

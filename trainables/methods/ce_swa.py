@@ -23,10 +23,23 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
 from ..config import ConfigError, TrainConfig
-from .base import (Batch, Method, MethodContext, Stage, is_image_tower, is_logit_scale,
-                   is_text_tower, register)
-from .common import (CLASS_PROMPT, class_prompt_tokens, cross_entropy, image_features,
-                     text_class_embeddings)
+from .base import (
+    Batch,
+    Method,
+    MethodContext,
+    Stage,
+    is_image_tower,
+    is_logit_scale,
+    is_text_tower,
+    register,
+)
+from .common import (
+    CLASS_PROMPT,
+    class_prompt_tokens,
+    cross_entropy,
+    image_features,
+    text_class_embeddings,
+)
 
 MAX_LOGIT_SCALE = math.log(100)
 

@@ -32,8 +32,14 @@ from torch import nn
 from ..config import ConfigError
 from ..distributed import gather_pair
 from .base import Batch, Method, MethodContext, is_head, is_image_tower, is_text_tower, register
-from .common import (CLASS_PROMPT, batch_class_embeddings, class_prompt_tokens, cross_entropy,
-                     image_features, same_class_masked_contrastive_loss)
+from .common import (
+    CLASS_PROMPT,
+    batch_class_embeddings,
+    class_prompt_tokens,
+    cross_entropy,
+    image_features,
+    same_class_masked_contrastive_loss,
+)
 
 
 @dataclass(frozen=True)

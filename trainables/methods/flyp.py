@@ -22,10 +22,21 @@ import torch
 from torch import nn
 
 from ..sampling import PerSampleDraws
-from .base import (Batch, Method, MethodContext, is_image_tower, is_logit_scale, is_text_tower,
-                   register)
-from .common import (class_prompt_tokens, contrastive_loss, image_features,
-                     same_class_masked_contrastive_loss)
+from .base import (
+    Batch,
+    Method,
+    MethodContext,
+    is_image_tower,
+    is_logit_scale,
+    is_text_tower,
+    register,
+)
+from .common import (
+    class_prompt_tokens,
+    contrastive_loss,
+    image_features,
+    same_class_masked_contrastive_loss,
+)
 
 MAX_LOGIT_SCALE = math.log(100)
 

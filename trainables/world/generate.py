@@ -28,8 +28,17 @@ import yaml
 from tqdm import tqdm
 
 from .captions import CLASS_TEMPLATES, CONTEXT_TEMPLATES, STYLE_TEMPLATES, caption, noisy_caption
-from .render import (BACKGROUNDS, COLOURS, HELDOUT_CLASSES, ID_CLASSES, SHAPES, SIZES, STYLES,
-                     render, sample_geometry)
+from .render import (
+    BACKGROUNDS,
+    COLOURS,
+    HELDOUT_CLASSES,
+    ID_CLASSES,
+    SHAPES,
+    SIZES,
+    STYLES,
+    render,
+    sample_geometry,
+)
 
 VERSION = "world-v1"
 SHARD = 5000  # images per folder
@@ -80,7 +89,8 @@ def _rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Genera
     return np.random.default_rng([seed, zlib.crc32(split.encode()), index, stream])
 
 
-def sample_meta(spec: SplitSpec, seed: int, index: int) -> tuple[dict[str, Any], np.random.Generator]:
+def sample_meta(spec: SplitSpec, seed: int, index: int
+                ) -> tuple[dict[str, Any], np.random.Generator]:
     """Metadata of image ``index`` of ``spec`` and the generator to render it with.
 
     Class and style are balanced (``index`` cycles through classes, then styles); colour, size,
@@ -227,7 +237,8 @@ def generate_world(out: Path, seed: int = 0, sizes: str = "default", workers: in
 
 
 def default_world_dir(seed: int = 0) -> Path:
-    """``$ROBUST_SEARCH_CACHE`` (default ``~/.cache/robust-clip-search``) / ``world-v1-seed<seed>``."""
+    """``$ROBUST_SEARCH_CACHE`` (default ``~/.cache/robust-clip-search``) /
+    ``world-v1-seed<seed>``."""
     cache = Path(os.environ.get("ROBUST_SEARCH_CACHE", "~/.cache/robust-clip-search")).expanduser()
     return cache / f"{VERSION}-seed{seed}"
 

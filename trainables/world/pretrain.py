@@ -36,7 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models import create_clip
 from .captions import CLASS_TEMPLATES, STYLE_TEMPLATES, caption
-from .generate import SPECS, render_range
+from .generate import render_range
 from .render import BACKGROUNDS, COLOURS, HELDOUT_CLASSES, ID_CLASSES, SHAPES, SIZES, STYLES
 
 MODEL = "tiny-clip-32"
