@@ -59,8 +59,18 @@ class ClipBundle:
     pretrained: str | None
 
 
-def _is_local_file(pretrained: str) -> bool:
+def is_local_weights(pretrained: str) -> bool:
+    """Whether ``--pretrained`` names a local weights file (a path or a weights file name), not
+    an open_clip tag such as ``openai``."""
     return os.sep in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+
+
+def default_pretrained(model: str | None, pretrained: str | None) -> str | None:
+    """``pretrained`` when given; else the shipped weights for the default model and random
+    initialisation (None) for any other architecture."""
+    if pretrained is not None:
+        return pretrained
+    return DEFAULT_PRETRAINED if (model or DEFAULT_MODEL) == DEFAULT_MODEL else None
 
 
 def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
@@ -73,7 +83,7 @@ def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRET
     if name not in open_clip.list_models():
         raise ModelError(f"unknown model architecture {name!r}: use one of open_clip.list_models() "
                          f"or add a JSON config under {CONFIG_DIR}")
-    if pretrained and _is_local_file(pretrained):
+    if pretrained and is_local_weights(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise ModelError(f"weights file not found: {path} (pass --pretrained with an existing "

@@ -16,7 +16,7 @@ A checkpoint every ``--ckpt-every`` steps (under ``--ckpt-dir``) lets a killed r
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -34,6 +34,7 @@ from open_clip_train.scheduler import cosine_lr
 from safetensors.torch import save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..files import atomic_write, sha256_file
 from ..models import create_clip
 from .captions import CLASS_TEMPLATES, STYLE_TEMPLATES, caption
 from .generate import render_range
@@ -112,20 +113,6 @@ def chance(name: str) -> float:
     return 100.0 / len(EVAL_SETS[name][1])
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def train(args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -184,8 +171,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                   f"lr {lr:.2e} scale {model.logit_scale.exp().item():.1f} "
                   f"elapsed {el / 60:.1f} min ({rate:.0f} img/s)", flush=True)
         if done % args.ckpt_every == 0 and done < args.steps:
-            _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": done,
-                          "config": config}, ckpt)
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": done,
+                     "config": config}
+            atomic_write(ckpt, functools.partial(torch.save, state))
             acc = zero_shot_eval(model, tokenizer, evals)
             print(f"step {done} checkpoint; zero-shot " +
                   " ".join(f"{k} {v:.1f}" for k, v in acc.items()), flush=True)
@@ -196,7 +184,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
              for k, v in model.state_dict().items()}
     save_file(state, str(out))
     ckpt.unlink(missing_ok=True)  # finished: a rerun of the command must start from scratch
-    digest = sha256(out)
+    digest = sha256_file(out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) sha256 {digest}", flush=True)
     loaded = create_clip(MODEL, pretrained=str(out))  # through open_clip's own loader
     acc = zero_shot_eval(loaded.clip, loaded.tokenizer, evals)
