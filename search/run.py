@@ -131,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_ray() -> None:
-    if "ray" in sys.modules:
-        import ray
-        if ray.is_initialized():
-            ray.shutdown()
+    if "ray" in sys.modules:            # never import Ray only to find it was not started
+        from search.tune.cluster import stop_ray
+        stop_ray()
 
 
 if __name__ == "__main__":

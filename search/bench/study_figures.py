@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from search.bench.core import REPO, Bench, Figure, Target, _shutdown_ray
+from search.bench.core import REPO, Bench, Figure, Target
 
 COMPUTE_KEYS = ("time/epoch_train_s", "time/epoch_eval_s", "time/wise_select_s",
                 "time/report_eval_s")
@@ -135,7 +135,7 @@ def _timed_study(bench: Bench, output: Path, flags: list[str]) -> OverheadRun:
     from search.tracking.callback import MlflowTuneCallback
     from search.tracking.recorder import StudyRecorder
     method, space, n, overrides = OVERHEAD[bench.quick]
-    _shutdown_ray()                     # each study starts the Ray its mode needs
+    ray_setup.stop_ray()           # each study starts the Ray its mode needs
     t: dict[str, float] = {}
     start = time.perf_counter()
     with ExitStack() as stack:
@@ -336,7 +336,8 @@ def quickstart(bench: Bench) -> Figure:
     if bench.quick:
         fig.notes.append("Skipped in --quick.")
         return fig
-    _shutdown_ray()                   # the command starts its own Ray
+    from search.tune.cluster import stop_ray
+    stop_ray()                        # the command starts its own Ray
     bench.data()                      # the warm case: the world already in the cache
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cases: list[tuple[str, dict[str, str]]] = [
