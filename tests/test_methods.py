@@ -19,7 +19,7 @@ from trainables.methods import (
     is_logit_scale,
     is_text_tower,
 )
-from trainables.methods.flyp import MAX_LOGIT_SCALE
+from trainables.methods.common import MAX_LOGIT_SCALE
 from trainables.models import ClipClassifier
 from trainables.wise import interpolate
 

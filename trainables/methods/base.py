@@ -136,6 +136,13 @@ class Method:
         return [n for n, _ in model.named_parameters() if any(p(n) for p in preds)]
 
     # --- training -------------------------------------------------------------------------
+    def reference(self, ctx: MethodContext) -> nn.Module:
+        """``ctx.reference``, the frozen zero-shot model a ``uses_reference`` method reads; an
+        error naming the method if the driver did not build one."""
+        if ctx.reference is None:
+            raise ValueError(f"{self.name} needs the frozen zero-shot model as ctx.reference")
+        return ctx.reference
+
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
         """Compute frozen text-side features once (from ``ctx.reference``); default: nothing."""
 

@@ -14,7 +14,6 @@ over one epoch, then constant), see :meth:`CeSwa.lr_scheduler`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +34,12 @@ from .base import (
 )
 from .common import (
     CLASS_PROMPT,
+    clamp_logit_scale,
     class_prompt_tokens,
     cross_entropy,
     image_features,
     text_class_embeddings,
 )
-
-MAX_LOGIT_SCALE = math.log(100)
 
 
 @dataclass(frozen=True)
@@ -131,8 +129,7 @@ class CeSwa(Method):
         return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}
 
     def after_step(self, model: nn.Module) -> None:
-        with torch.no_grad():
-            model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        clamp_logit_scale(model)
 
     # --- SWA ----------------------------------------------------------------------------------
     def swa_start_epoch(self, stage: Stage) -> int:

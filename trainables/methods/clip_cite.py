@@ -99,12 +99,11 @@ class ClipCite(Method):
                 or (is_head(name) and name.endswith(".weight")))
 
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
-        if ctx.reference is None:
-            raise ValueError("clip-cite needs the frozen zero-shot model as ctx.reference")
+        reference = self.reference(ctx)
         self._tokens = class_prompt_tokens(ctx.tokenizer, ctx.classnames, [CLASS_PROMPT],
                                            ctx.device)  # (K, 1, L)
         with torch.no_grad():
-            self._zs_text = ctx.reference.text_features(self._tokens[:, 0])  # (K, D)
+            self._zs_text = reference.text_features(self._tokens[:, 0])  # (K, D)
 
     def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
         labels = batch.labels

@@ -7,6 +7,7 @@ global batch (every text of every rank is a negative): see :mod:`trainables.dist
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -14,12 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import clip_loss, gather_labels, gather_pair
-from .base import Batch
+from .base import Batch, Method, MethodContext
 
 #: The single class prompt of CLIP-CITE (paper: "a photo of a [category]") and CE-SWA's
 #: one-prompt-per-class head. Fixed rather than the dataset's first template so that the method
 #: matches its paper whatever template list a dataset ships.
 CLASS_PROMPT = "a photo of a {}."
+
+#: The largest logit_scale methods that train it may reach: s = exp(logit_scale) ≤ 100, the clamp
+#: open_clip's trainer applies after every step (FLYP's own code does not clamp).
+MAX_LOGIT_SCALE = math.log(100)
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -97,3 +102,19 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                   label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of (B, K) logits against (B,) labels."""
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+def clamp_logit_scale(model: nn.Module) -> None:
+    """Clamp the trained ``logit_scale`` to [0, ln 100] in place (after an optimizer step)."""
+    with torch.no_grad():
+        model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+class HeadCrossEntropy(Method):
+    """A method whose loss is CE(head(f(x)), y): the linear head on the normalised image features
+    (B, D) -> logits (B, K), label smoothing from TrainConfig. FT, LP and LP-FT differ only in
+    what they train and in which stages."""
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        logits = model.head(image_features(model, batch))  # (B, K)
+        return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}

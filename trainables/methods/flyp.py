@@ -15,7 +15,6 @@ the global batch (open_clip's ``ClipLoss`` gathers every rank's pairs).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,13 +31,12 @@ from .base import (
     register,
 )
 from .common import (
+    clamp_logit_scale,
     class_prompt_tokens,
     contrastive_loss,
     image_features,
     same_class_masked_contrastive_loss,
 )
-
-MAX_LOGIT_SCALE = math.log(100)
 
 
 @dataclass(frozen=True)
@@ -85,5 +83,4 @@ class Flyp(Method):
                 self.class_prompt_loss(model, image_features(model, batch), batch)}
 
     def after_step(self, model: nn.Module) -> None:
-        with torch.no_grad():
-            model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        clamp_logit_scale(model)

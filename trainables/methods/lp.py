@@ -6,15 +6,12 @@ TrainConfig.lr (searched), trained with the loop's optimizer rather than L-BFGS.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from .base import Batch, Method, MethodContext, Stage, is_head, register
-from .common import cross_entropy, image_features
+from .base import Stage, is_head, register
+from .common import HeadCrossEntropy
 
 
 @register
-class LinearProbe(Method):
+class LinearProbe(HeadCrossEntropy):
     """Linear probe on frozen CLIP features. Loss: CE(head(f(x)), y) (label smoothing optional)."""
 
     name = "lp"
@@ -24,7 +21,3 @@ class LinearProbe(Method):
 
     def stages(self) -> list[Stage]:
         return [Stage("lp", self.trains, cache_features=True)]
-
-    def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
-        logits = model.head(image_features(model, batch))  # (B, K)
-        return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}
