@@ -35,28 +35,23 @@ from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 LR_SCALE = 1e-3 / 3e-5
 COMMON = dict(epochs=3, batch_size=128, warmup_steps=20, weight_decay=0.1, grad_clip=1.0)
-#: Paper defaults (docs/methods.md#the-methods-report-paper-defaults-on-the-embedded-world),
-#: learning rates × LR_SCALE.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "zeroshot": {},
-    "lp": dict(lr=1e-2, weight_decay=0.0),                       # linear probe: no paper lr
-    "ft": dict(lr=3e-5 * LR_SCALE),
-    "lp-ft": dict(lr=3e-5 * LR_SCALE, lp_epochs=1, lp_lr=1e-2),
-    "l2-sp": dict(lr=3e-5 * LR_SCALE),                           # beta: Params default
-    "flyp": dict(lr=1e-5 * LR_SCALE),
-    "car-ft": dict(lr=3e-5 * LR_SCALE, car_alpha=1.0),
-    "clip-cite": dict(lr=5e-6 * LR_SCALE, lambda_scl=0.7, eta_vld=0.1),
-    "arf": dict(lr=1e-5 * LR_SCALE, w_cap=1.0, w_ret=1.0),
-    "ce-swa": dict(lr=1e-5 * LR_SCALE, weight_decay=0.0, swa_lr=1e-4 * LR_SCALE, swa_epochs=1),
-}
 ORDER = ["zeroshot", "lp", "ft", "lp-ft", "l2-sp", "flyp", "car-ft", "clip-cite", "arf", "ce-swa"]
+
+
+def defaults(method: str) -> dict[str, Any]:
+    """The report's settings for ``method``: :data:`COMMON`, then the method class's
+    ``paper_defaults`` with its paper learning rates (``paper_lrs``) times :data:`LR_SCALE`
+    (docs/methods.md#the-methods-report-paper-defaults-on-the-embedded-world)."""
+    cls = METHODS[method]
+    paper = {k: v * LR_SCALE if k in cls.paper_lrs else v for k, v in cls.paper_defaults.items()}
+    return {**COMMON, **paper}
 
 
 def run_one(method: str, seed: int, data: str, model: str, pretrained: str | None,
             wise_grid: tuple[float, ...] = tuple(i / 10 for i in range(11))) -> dict[str, float]:
     """Train ``method`` once at its defaults and return the final metrics (ft/…, wise/…)."""
     from trainables.loop import train
-    params = {**COMMON, **DEFAULTS[method], "seed": seed}
+    params = {**defaults(method), "seed": seed}
     setup = StudySetup(method=method, model=model, pretrained=pretrained, data=data,
                        storage_path="unused", wise_grid=tuple(wise_grid))
     from search.study import _with_anchors  # ARF: retrieved anchors, prepared once and cached

@@ -264,8 +264,8 @@ def memory(bench: Bench) -> Figure:
                                   None if bench.quick else results[worst]["peak_mb"] <= 1.3 * ft))
     fig.notes.append(f"{bench.model} ({'pretrained' if bench.pretrained else 'random init'}), "
                      f"batch {batch}, {steps} steps, paper-default hyperparameters "
-                     "(search.report.DEFAULTS); one fresh process per method; the increase is "
-                     "measured from after imports to the end of training, so it includes the "
+                     "(search.bench.report.defaults); one fresh process per method; the increase "
+                     "is measured from after imports to the end of training, so it includes the "
                      "model, the frozen reference, gradients, AdamW state and activations. ARF "
                      "draws two anchor batches of the same size beside each task batch.")
     return fig
@@ -297,7 +297,7 @@ def _peak_rss_kb() -> int:
 
 
 def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
-    from search.bench.report import COMMON, DEFAULTS
+    from search.bench.report import defaults
     from search.tune.trial import StudySetup, prepare
     from trainables.data import LabeledImages
     from trainables.loop import train
@@ -308,7 +308,7 @@ def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     base_kb = _reset_peak_rss()
-    params = {**COMMON, **DEFAULTS[args.method], "epochs": 1, "batch_size": args.batch,
+    params = {**defaults(args.method), "epochs": 1, "batch_size": args.batch,
               "warmup_steps": 0, "max_steps_per_epoch": args.steps, "seed": 0}
     setup = StudySetup(method=args.method, model=args.model, pretrained=args.pretrained,
                        data=str(args.data), storage_path="unused")

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from search.bench.core import Bench, Figure, Target
-from search.bench.report import COMMON, DEFAULTS
+from search.bench.report import defaults
 from search.selection import select_alpha
 from search.tune.trial import StudySetup, prepare
 from trainables import metrics as M
@@ -66,7 +66,7 @@ def wise_search(bench: Bench) -> Figure:
                            data=str(bench.data()), storage_path="unused")
         setup = replace(setup, data=str(_with_anchors(setup, METHODS[method], Path("."))))
         for seed in preset["seeds"]:
-            params = {**COMMON, **DEFAULTS[method], **preset["params"], "seed": seed}
+            params = {**defaults(method), **preset["params"], "seed": seed}
             rows.append((method, seed, compare(setup, params)))
     fig = Figure(3, "WiSE α search: 11-point grid vs golden-section search (ID val)",
                  ["method", "seed", "grid α", "grid ID val", "golden α", "golden ID val",

@@ -116,6 +116,11 @@ class Method:
     anchor_sets: ClassVar[tuple[str, ...]] = ()
     #: the method trains nothing (zero-shot evaluation only)
     trains_nothing: ClassVar[bool] = False
+    #: the paper's settings (TrainConfig / Params keys) for ViT-B/16 at batch 512; the methods
+    #: report trains every method at these, the keys in ``paper_lrs`` (learning rates at the
+    #: papers' scale) times one common factor. Listed in docs/methods.md.
+    paper_defaults: ClassVar[dict[str, Any]] = {}
+    paper_lrs: ClassVar[tuple[str, ...]] = ("lr",)
 
     def __init__(self, params: Any, train: TrainConfig):
         self.params = params

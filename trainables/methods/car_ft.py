@@ -63,6 +63,7 @@ class CarFt(FineTune):
     """
 
     name = "car-ft"
+    paper_defaults = {"lr": 3e-5, "car_alpha": 1.0}
     Params = CarFtParams
     uses_reference = True
 

@@ -105,6 +105,9 @@ class CeSwa(Method):
     """CE + SWA (arXiv:2311.02236). Loss: CE(s·f(x) g(prompts)ᵀ, y); θ_ft = SWA of last epochs."""
 
     name = "ce-swa"
+    # swa_epochs: SWA over the last epoch of a short run (the paper averages over its last ones)
+    paper_defaults = {"lr": 1e-5, "weight_decay": 0.0, "swa_lr": 1e-4, "swa_epochs": 1}
+    paper_lrs = ("lr", "swa_lr")
     Params = CeSwaParams
     head_from_text = True
     head_kind = "text"

@@ -90,6 +90,7 @@ class ClipCite(Method):
     """CLIP-CITE (Liu et al., 2024). Loss: L_DVA + λ·L_SCL + η·L_VLD."""
 
     name = "clip-cite"
+    paper_defaults = {"lr": 5e-6, "lambda_scl": 0.7, "eta_vld": 0.1}
     Params = ClipCiteParams
     uses_reference = True
     head_kind = "cosine"

@@ -51,6 +51,7 @@ class Flyp(Method):
     """FLYP (Goyal et al., CVPR 2023). Loss: CLIP contrastive loss over (image, class prompt)."""
 
     name = "flyp"
+    paper_defaults = {"lr": 1e-5}
     Params = FlypParams
     head_from_text = True
     head_kind = "text"

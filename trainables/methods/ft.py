@@ -14,6 +14,7 @@ class FineTune(HeadCrossEntropy):
     """Standard fine-tuning (Wortsman et al., CVPR 2022). Loss: CE(head(f_θ(x)), y)."""
 
     name = "ft"
+    paper_defaults = {"lr": 3e-5}
 
     def trains(self, name: str) -> bool:
         return is_image_tower(name) or is_head(name)

@@ -42,6 +42,7 @@ class L2Sp(FineTune):
     """L2-SP (Li et al., ICML 2018). Loss: CE(head(f_θ(x)), y) + β·Σ‖θ_img − θ_img,zs‖²."""
 
     name = "l2-sp"
+    paper_defaults = {"lr": 3e-5}
     Params = L2SpParams
     uses_reference = True
 

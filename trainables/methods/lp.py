@@ -15,6 +15,8 @@ class LinearProbe(HeadCrossEntropy):
     """Linear probe on frozen CLIP features. Loss: CE(head(f(x)), y) (label smoothing optional)."""
 
     name = "lp"
+    paper_defaults = {"lr": 1e-2, "weight_decay": 0.0}
+    paper_lrs = ()   # the probe's lr: no paper gives one
 
     def trains(self, name: str) -> bool:
         return is_head(name)

@@ -31,6 +31,9 @@ class LpFt(HeadCrossEntropy):
     """LP then FT (Kumar et al., ICLR 2022). Loss: CE(head(f_θ(x)), y) in both stages."""
 
     name = "lp-ft"
+    # lp_epochs/lp_lr: the LP stage fitted briefly at a probe's lr (the paper runs it to
+    # convergence), so it is not scaled
+    paper_defaults = {"lr": 3e-5, "lp_epochs": 1, "lp_lr": 1e-2}
     Params = LpFtParams
 
     def trains(self, name: str) -> bool:
