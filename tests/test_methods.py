@@ -19,8 +19,7 @@ from trainables.methods import (
     is_logit_scale,
     is_text_tower,
 )
-from trainables.methods.common import MAX_LOGIT_SCALE
-from trainables.models import ClipClassifier
+from trainables.models import MAX_LOGIT_SCALE, ClipClassifier
 from trainables.wise import interpolate
 
 ALL = sorted(METHODS)

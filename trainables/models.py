@@ -10,6 +10,7 @@ online) or a local weights file (``.safetensors``, or a torch checkpoint loaded 
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -130,6 +131,17 @@ def _check_finite(clip: nn.Module, pretrained: str) -> None:
     if bad:
         raise ModelError(f"weights {pretrained} hold NaN or infinite values in {len(bad)} "
                          f"tensor(s), e.g. {bad[0]}: pass weights that are finite")
+
+
+#: The largest logit_scale training may reach: s = exp(logit_scale) ≤ 100, the clamp open_clip's
+#: trainer applies after every step (FLYP's own code does not clamp).
+MAX_LOGIT_SCALE = math.log(100)
+
+
+def clamp_logit_scale(clip: nn.Module) -> None:
+    """Clamp CLIP's trained ``logit_scale`` to [0, ln 100] in place (after an optimizer step)."""
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
 def logit_scale(clip: nn.Module) -> torch.Tensor:

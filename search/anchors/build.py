@@ -260,28 +260,9 @@ def prepare_anchors(spec_path: Path, settings: AnchorSettings = AnchorSettings()
         log.warning("%s has no id.val: the images held out for validation at training time are "
                     "captioned and used as retrieval queries too", spec.source)
     train = sorted({p for p, _ in read_samples(spec.train, spec.classes, spec.root)})
-    clip: list[ClipBundle] = [bundle] if bundle is not None else []
-
-    def get_clip() -> ClipBundle:       # built only when an embedding is not cached
-        if not clip:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)            # a random-init model (tests) is reproducible
-                clip.append(create_clip(settings.model, settings.pretrained, "cpu"))
-        return clip[0]
-
     cap_table = _caption_table(spec, train, captioner, cap_id, train_digest, settings, root)
-    # retrieval (Eq. 4): f(x) of the training images against g(t) of the candidates' texts
-    kw = dict(batch_size=settings.batch_size, device=settings.device, workers=settings.workers,
-              progress=settings.progress)
-    emb = root / "embeddings"
-    queries = _cached(emb / f"{_sha([model_id, train_digest, 'img'])}.npy", "embed_images",
-                      lambda out: embed_images(get_clip(), train, out, **kw))
-    pairs = load_candidates()
-    texts = _cached(emb / f"{_sha([model_id, cand_digest, 'txt'])}.npy", "embed_texts",
-                    lambda out: embed_texts(get_clip(), [c for _, c in pairs], out, **kw))
-    if settings.candidate_images:
-        _cached(emb / f"{_sha([model_id, cand_digest, 'img'])}.npy", "embed_candidate_images",
-                lambda out: embed_images(get_clip(), [p for p, _ in pairs], out, **kw))
+    queries, texts, pairs = _embeddings(settings, bundle, root, model_id, train, train_digest,
+                                        cand_digest, load_candidates)
     COUNTS["retrieve"] += 1
     found = retrieve(queries, texts, settings.k, settings.index)
     chosen = unique_candidates(found.ids)
@@ -295,6 +276,35 @@ def prepare_anchors(spec_path: Path, settings: AnchorSettings = AnchorSettings()
             "recall_at_k": found.recall, "recall_queries": found.recall_queries}
     log.debug("anchors: %s", json.dumps(info))
     return _write_entry(entry, spec, cap_table, [pairs[i] for i in chosen], found, train, info)
+
+
+def _embeddings(settings: AnchorSettings, bundle: ClipBundle | None, root: Path, model_id: str,
+                train: list[str], train_digest: str, cand_digest: str,
+                load_candidates: Callable[[], list]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Retrieval's inputs (Eq. 4): f(x) of the training images (N, D), g(t) of the candidates'
+    texts (M, D), and the candidates' (path, caption) pairs; embeddings are cached by content,
+    and the CLIP is built only when one is not cached."""
+    clip: list[ClipBundle] = [bundle] if bundle is not None else []
+
+    def get_clip() -> ClipBundle:
+        if not clip:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)            # a random-init model (tests) is reproducible
+                clip.append(create_clip(settings.model, settings.pretrained, "cpu"))
+        return clip[0]
+
+    kw = dict(batch_size=settings.batch_size, device=settings.device, workers=settings.workers,
+              progress=settings.progress)
+    emb = root / "embeddings"
+    queries = _cached(emb / f"{_sha([model_id, train_digest, 'img'])}.npy", "embed_images",
+                      lambda out: embed_images(get_clip(), train, out, **kw))
+    pairs = load_candidates()
+    texts = _cached(emb / f"{_sha([model_id, cand_digest, 'txt'])}.npy", "embed_texts",
+                    lambda out: embed_texts(get_clip(), [c for _, c in pairs], out, **kw))
+    if settings.candidate_images:
+        _cached(emb / f"{_sha([model_id, cand_digest, 'img'])}.npy", "embed_candidate_images",
+                lambda out: embed_images(get_clip(), [p for p, _ in pairs], out, **kw))
+    return queries, texts, pairs
 
 
 def _write_entry(entry: Path, spec: DataSpec, cap_table: Path, retrieved: list[tuple[str, str]],

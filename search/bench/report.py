@@ -102,6 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_missing(args: argparse.Namespace, raw: dict[str, dict[str, Any]], raw_path: Path
+                 ) -> None:
+    """Train every (method, seed) not yet in ``raw``, saving ``raw`` after each (resumable:
+    finished runs are kept)."""
+    for method in args.methods:
+        seeds = [0] if METHODS[method].trains_nothing else args.seeds
+        for seed in seeds:
+            key = f"{method}/seed{seed}"
+            if key in raw:
+                continue
+            t0 = time.perf_counter()
+            raw[key] = run_one(method, seed, str(args.data), args.model, args.pretrained,
+                               tuple(args.wise_grid))
+            print(f"{key}: ID test {raw[key]['ft/' + M.ID_TEST]:.1f}, shift "
+                  f"{raw[key].get('ft/' + M.OOD_AVG, float('nan')):.1f}, WiSE α "
+                  f"{raw[key]['wise_alpha']:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            raw_path.write_text(json.dumps(raw, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -113,19 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     raw_path = args.output / "results.json"
     raw: dict[str, dict[str, Any]] = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     started = time.perf_counter()
-    for method in args.methods:
-        seeds = [0] if METHODS[method].trains_nothing else args.seeds
-        for seed in seeds:
-            key = f"{method}/seed{seed}"
-            if key in raw or args.table_only:   # resumable: finished runs are kept
-                continue
-            t0 = time.perf_counter()
-            raw[key] = run_one(method, seed, str(args.data), args.model, args.pretrained,
-                               tuple(args.wise_grid))
-            print(f"{key}: ID test {raw[key]['ft/' + M.ID_TEST]:.1f}, shift "
-                  f"{raw[key].get('ft/' + M.OOD_AVG, float('nan')):.1f}, WiSE α "
-                  f"{raw[key]['wise_alpha']:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
-            raw_path.write_text(json.dumps(raw, indent=1))
+    if not args.table_only:
+        _run_missing(args, raw, raw_path)
     rows, spread, frontier = {}, {}, []
     zeroshot: dict[str, float] | None = None     # a method that trains nothing: θ_zs
     for method in args.methods:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
 from ..config import ConfigError, TrainConfig
+from ..models import clamp_logit_scale
 from .base import (
     Batch,
     Method,
@@ -34,7 +35,6 @@ from .base import (
 )
 from .common import (
     CLASS_PROMPT,
-    clamp_logit_scale,
     class_prompt_tokens,
     cross_entropy,
     image_features,
@@ -132,7 +132,7 @@ class CeSwa(Method):
         return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}
 
     def after_step(self, model: nn.Module) -> None:
-        clamp_logit_scale(model)
+        clamp_logit_scale(model.clip)
 
     # --- SWA ----------------------------------------------------------------------------------
     def swa_start_epoch(self, stage: Stage) -> int:

@@ -7,7 +7,6 @@ global batch (every text of every rank is a negative): see :mod:`trainables.dist
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -21,10 +20,6 @@ from .base import Batch, Method, MethodContext
 #: one-prompt-per-class head. Fixed rather than the dataset's first template so that the method
 #: matches its paper whatever template list a dataset ships.
 CLASS_PROMPT = "a photo of a {}."
-
-#: The largest logit_scale methods that train it may reach: s = exp(logit_scale) ≤ 100, the clamp
-#: open_clip's trainer applies after every step (FLYP's own code does not clamp).
-MAX_LOGIT_SCALE = math.log(100)
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -102,12 +97,6 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                   label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of (B, K) logits against (B,) labels."""
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-
-
-def clamp_logit_scale(model: nn.Module) -> None:
-    """Clamp the trained ``logit_scale`` to [0, ln 100] in place (after an optimizer step)."""
-    with torch.no_grad():
-        model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
 class HeadCrossEntropy(Method):

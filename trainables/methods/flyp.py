@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models import clamp_logit_scale
 from ..sampling import PerSampleDraws
 from .base import (
     Batch,
@@ -31,7 +32,6 @@ from .base import (
     register,
 )
 from .common import (
-    clamp_logit_scale,
     class_prompt_tokens,
     contrastive_loss,
     image_features,
@@ -84,4 +84,4 @@ class Flyp(Method):
                 self.class_prompt_loss(model, image_features(model, batch), batch)}
 
     def after_step(self, model: nn.Module) -> None:
-        clamp_logit_scale(model)
+        clamp_logit_scale(model.clip)
