@@ -144,7 +144,7 @@ def compare_loops(case: ThroughputCase) -> tuple[list[float], list[float]]:
     from trainables.config import TrainConfig
     from trainables.heads import build_classifier
     from trainables.methods import MethodContext, get_method_class
-    from trainables.models import create_clip, logit_scale
+    from trainables.models import create_clip
     device = torch.device(case.device)
     torch.manual_seed(0)
     bundle = create_clip(case.model, pretrained=None, device=device)
@@ -152,7 +152,7 @@ def compare_loops(case: ThroughputCase) -> tuple[list[float], list[float]]:
                              device)
     method = get_method_class("ft")(None, TrainConfig())
     ctx = MethodContext(CLASSNAMES, ["a photo of a {}."], ["a photo of a {}."], bundle.tokenizer,
-                        device, float(logit_scale(bundle.clip).detach()))
+                        device, float(bundle.clip.logit_scale.exp()))
     n = case.batch * (case.warmup + case.timed)
     gen = torch.Generator().manual_seed(0)
     dataset = TensorDataset(torch.randn(n, 3, case.image_size, case.image_size, generator=gen),
