@@ -152,7 +152,7 @@ def compare_loops(case: ThroughputCase) -> tuple[list[float], list[float]]:
                              device)
     method = get_method_class("ft")(None, TrainConfig())
     ctx = MethodContext(CLASSNAMES, ["a photo of a {}."], ["a photo of a {}."], bundle.tokenizer,
-                        device, float(bundle.clip.logit_scale.exp()))
+                        device, float(bundle.clip.logit_scale.detach().exp()))
     n = case.batch * (case.warmup + case.timed)
     gen = torch.Generator().manual_seed(0)
     dataset = TensorDataset(torch.randn(n, 3, case.image_size, case.image_size, generator=gen),
