@@ -11,13 +11,12 @@ larger ``--num-samples``: extending a study is not supported (start a new ``--st
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from trainables.errors import InputError
+from trainables.files import atomic_write_text, sha256_file
 
 STATE_FILE = "study.json"
 
@@ -37,7 +36,7 @@ def state_path(output: Path, name: str) -> Path:
 def file_digest(path: str | Path) -> str | None:
     """sha256 of a file's bytes (a data spec), or None for a folder / missing file."""
     path = Path(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None
 
 
 def study_inputs(*, method: str, space: dict[str, Any] | None, data: str, model: str,
@@ -72,9 +71,8 @@ def write_state(output: Path, name: str, inputs: dict[str, Any], status: str) ->
     """Write the state file whole (temporary file + rename)."""
     path = state_path(output, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"inputs": inputs, "status": status}, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"inputs": inputs, "status": status}, indent=2,
+                                       sort_keys=True))
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

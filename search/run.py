@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainables.errors import InputError
-
 from search import interrupt, lock, validate
 from search.cli import UsageError, build_parser, fail, parse_set
+from trainables.errors import InputError
 
 EXIT_FAILED = 1   # the study ran but every trial failed (bad input exits 2, before anything runs)
 #: Loggers of the project (and this script): their INFO lines are progress the user asked for.
@@ -51,7 +50,7 @@ def configure_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose:
-        os.environ["ROBUST_SEARCH_VERBOSE"] = "1"      # search.tune.trial.VERBOSE_ENV, for the workers
+        os.environ["ROBUST_SEARCH_VERBOSE"] = "1"   # search.tune.trial.VERBOSE_ENV, for the workers
         return
     for handler in logging.getLogger().handlers if fresh else ():
         handler.addFilter(_ProjectInfoOnly())
@@ -132,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_ray() -> None:
-    if "ray" in sys.modules:
-        import ray
-        if ray.is_initialized():
-            ray.shutdown()
+    if "ray" in sys.modules:            # never import Ray only to find it was not started
+        from search.tune.cluster import stop_ray
+        stop_ray()
 
 
 if __name__ == "__main__":

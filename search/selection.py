@@ -70,7 +70,8 @@ def best_trial(results: list[dict[str, float]], metric: str = "objective") -> in
     """Index of the result with the highest selection metric (ID-val based, never OOD)."""
     if metric != "objective" and not M.is_selectable(metric):
         raise ValueError(f"refusing to select on {metric!r}: selection reads ID val only")
-    scored = [(r[metric], -i) for i, r in enumerate(results) if math.isfinite(r.get(metric, math.nan))]
+    scored = [(r[metric], -i) for i, r in enumerate(results)
+              if math.isfinite(r.get(metric, math.nan))]
     if not scored:
         raise ValueError("no trial finished with a finite ID-val objective")
     return -max(scored)[1]

@@ -18,11 +18,11 @@ import yaml
 from PIL import Image
 
 from search import lock, validate
+from search.bench.tiny_data import write_tiny_spec
 from search.run import main
 from trainables.errors import InputError
 
 from .test_cli import FIXED, ROOT, _run, _stored_inputs, _stored_study
-from search.bench.tiny_data import write_tiny_spec
 
 BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [
     f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]) + "\n"
@@ -50,6 +50,7 @@ def _space_with(tmp_path: Path, text_edit=None, **params) -> str:
 
 def _weights(tmp_path: Path, kind: str) -> str:
     import torch
+
     from trainables.checkpoint import save_weights
     from trainables.models import create_clip
     path = tmp_path / f"w.{'pt' if kind == 'corrupt-pt' else 'safetensors'}"
@@ -280,11 +281,11 @@ def test_out_of_range_wide_image_is_refused(tmp_path):
 def test_every_bad_input_error_is_an_input_error():
     from search.anchors.build import AnchorError
     from search.cli import UsageError
-    from search.tune.cluster import ClusterError, ResourceError
     from search.resume import ResumeError
     from search.space import SpaceError
     from search.study import StudyError
     from search.tracking.recorder import TrackingError
+    from search.tune.cluster import ClusterError, ResourceError
     from trainables.config import ConfigError
     from trainables.errors import DataError
     from trainables.models import ModelError

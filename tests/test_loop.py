@@ -7,12 +7,11 @@ import copy
 import pytest
 import torch
 
+from search.bench.tiny_data import write_tiny_spec
 from search.tune.trial import StudySetup, prepare
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.loop import NonFiniteLossError, train
 from trainables.methods import METHODS, Batch
-
-from search.bench.tiny_data import write_tiny_spec
 
 TRAINING = sorted(m for m, cls in METHODS.items() if not cls.trains_nothing)
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.tune import optuna_study as O
-from search.space import SpaceError, load_space, startup_trials
 from search.soups import greedy_soup
+from search.space import SpaceError, load_space, startup_trials
+from search.tune import optuna_study as O
 from search.tune.trial import FINAL, OBJECTIVE
 
 from .test_soups import _ingredient
@@ -220,9 +220,8 @@ def test_greedy_soup_rejects_an_ingredient_that_only_ties(tmp_path):
 # --- the command line: bad storage / warm start -> one line, exit 2, nothing written ------------
 @pytest.mark.parametrize("case", ["warm start of another method", "storage is the MLflow store"])
 def test_bad_optuna_input_exits_2_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
-    from search.run import main
-
     from search.bench.tiny_data import write_tiny_spec
+    from search.run import main
     monkeypatch.chdir(ROOT)
     out = tmp_path / "out"
     args = ["--method", "ft", "--space", "spaces/ft.yaml", "--set", "weight_decay=0.1",

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from search.bench.tiny_data import write_tiny_spec
 from search.selection import best_trial, select_alpha
 from search.tune.trial import StudySetup, prepare, wise_evaluation
 from trainables import metrics as M
 from trainables.loop import train
-
-from search.bench.tiny_data import write_tiny_spec
 
 TRIALS = [{"lr": 3e-4}, {"lr": 3e-3}]
 

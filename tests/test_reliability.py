@@ -279,7 +279,7 @@ def _searcher_trials(out: Path) -> list[Any]:
     order."""
     newest = max((out / "ray" / STUDY).glob("searcher-state-*.pkl"), key=lambda p: p.name)
     with newest.open("rb") as fh:
-        state = pickle.load(fh)
+        state = pickle.load(fh)  # noqa: S301 -- the searcher state Tune itself wrote in tmp_path
     return state["_ot_study"].trials
 
 

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from .test_reliability import STUDY, _check_layout, _finish, _start, _trial_results
 from search.bench.tiny_data import write_tiny_spec
+
+from .test_reliability import STUDY, _check_layout, _finish, _start, _trial_results
 
 
 @pytest.fixture(scope="module")

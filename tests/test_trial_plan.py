@@ -104,8 +104,8 @@ def test_loader_workers_and_prefetch_sized_from_cpus():
 
 
 def test_actor_runner_with_two_workers_is_bad_input(capsys, tmp_path, monkeypatch):
-    from search.run import main
     from search.bench.tiny_data import write_tiny_spec
+    from search.run import main
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     spec = write_tiny_spec(tmp_path / "spec", per_class=2)
     out = tmp_path / "out"

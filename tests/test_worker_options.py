@@ -10,11 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.tune.trial import FINAL, OBJECTIVE, LocalSession, StudySetup, prepare, run_worker, setup_dict
+from search.bench.tiny_data import write_tiny_spec
+from search.tune.trial import (
+    FINAL,
+    OBJECTIVE,
+    LocalSession,
+    StudySetup,
+    prepare,
+    run_worker,
+    setup_dict,
+)
 from trainables.loop import default_loader, train
 from trainables.sampling import GlobalBatchSampler
-
-from search.bench.tiny_data import write_tiny_spec
 
 
 @pytest.fixture(scope="module")

@@ -86,9 +86,8 @@ def run_case(case: Case, spec: str, wrap: Callable[[nn.Module], nn.Module]
     """Train ``case`` with the one loop in this process's world; returns (this process's loss
     per step, the outputs of the final weights θ_ft on a fixed probe, the training-set indices
     of this process's samples at each step)."""
-    from trainables.loop import train
-
     from search.tune.trial import StudySetup, prepare
+    from trainables.loop import train
 
     setup = StudySetup(method=case.method, model=MODEL, pretrained=None, data=spec,
                        storage_path="unused", base_params=case.run_params())

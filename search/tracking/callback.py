@@ -1,8 +1,8 @@
 """The Ray Tune side of the MLflow record: one nested child run per Tune trial.
 
-Kept apart from :mod:`search.tracking.recorder` (the MLflow client side) because it is a Ray ``Callback``.
-It is pickled into Tune's ``tuner.pkl`` (``Tuner.restore`` re-uses it), so it holds only the
-tracking URI and run ids and opens its client lazily.
+Kept apart from :mod:`search.tracking.recorder` (the MLflow client side) because it is a Ray
+``Callback``. It is pickled into Tune's ``tuner.pkl`` (``Tuner.restore`` re-uses it), so it holds
+only the tracking URI and run ids and opens its client lazily.
 """
 from __future__ import annotations
 
@@ -12,11 +12,27 @@ from typing import Any, Mapping
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from search.tracking.names import (
+    NOT_METRICS,
+    curve_table,
+    metrics_of,
+    tracked,
+    trial_run_name,
+    wise_curve,
+)
 from search.tracking.plots import trial_frontier_png, wise_curve_png
-from search.tracking.names import (NOT_METRICS, curve_table, metrics_of, tracked, trial_run_name,
-                           wise_curve)
-from search.tracking.recorder import (KIND_TAG, MAX_TAG_CHARS, PARENT_TAG, STUDY_TAG, TRIAL_TAG,
-                       StudyRecorder, _log_metrics, _log_params, _log_png, _search)
+from search.tracking.recorder import (
+    KIND_TAG,
+    MAX_TAG_CHARS,
+    PARENT_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    StudyRecorder,
+    _log_metrics,
+    _log_params,
+    _log_png,
+    _search,
+)
 
 
 class MlflowTuneCallback(Callback):
@@ -115,8 +131,9 @@ class MlflowTuneCallback(Callback):
             title = f"WiSE-FT of {self._name(trial, alpha)}"
             _log_png(self.client, run_id, lambda t, a, p: wise_curve_png(t, a, p, title),
                      "wise_curve.png", table, alpha)
-            full = {a: {k: table[k][i] for k in table if k != "alpha" and table[k][i] == table[k][i]}
-                    for i, a in enumerate(table["alpha"])}      # v == v: not NaN
+            full = {a: {k: table[k][i] for k in table          # v == v: not NaN
+                        if k != "alpha" and table[k][i] == table[k][i]}
+                    for i, a in enumerate(table["alpha"])}
             _log_png(self.client, run_id, lambda c, a, p: trial_frontier_png(c, a, p, title),
                      "frontier.png", dict(sorted(full.items())), alpha)
         if alpha is not None:

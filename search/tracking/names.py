@@ -1,7 +1,7 @@
 """How a Tune result is named in MLflow: one metric namespace for study and trial runs, the WiSE
 curve as a table, readable trial run names. Pure functions over result dicts (no MLflow client),
-shared by :mod:`search.tracking.recorder` (study run), :mod:`search.tracking.callback` (trial runs) and
-:mod:`search.report`."""
+shared by :mod:`search.tracking.recorder` (study run), :mod:`search.tracking.callback` (trial runs)
+and :mod:`search.bench.report`."""
 from __future__ import annotations
 
 import numbers

@@ -1,12 +1,13 @@
 """The Tune wiring, in one place.
 
 Each Tune trial runs :func:`run_trial`, a function trainable, as its plan says
-(:func:`search.tune.plan.plan_trial`). A trial with a GPU or several workers (DDP), or any trial with
-``--trial-runner worker-group``, builds a ``TorchTrainer`` over :func:`search.tune.trial.train_worker`
-and calls ``fit()`` (Ray 2.60's Train-in-Tune pattern): ``TuneReportCallback`` forwards the
-workers' reports (metrics + checkpoint path) to Tune. A one-worker CPU trial runs the same worker
-function in the trial actor as a plain Tune function trainable, reporting to Tune's session, and
-the actor is reused by the next trial (BENCHMARKS.md, figure 2: 20-60 s less per trial here).
+(:func:`search.tune.plan.plan_trial`). A trial with a GPU or several workers (DDP), or any trial
+with ``--trial-runner worker-group``, builds a ``TorchTrainer`` over
+:func:`search.tune.trial.train_worker` and calls ``fit()`` (Ray 2.60's Train-in-Tune pattern):
+``TuneReportCallback`` forwards the workers' reports (metrics + checkpoint path) to Tune. A
+one-worker CPU trial runs the same worker function in the trial actor as a plain Tune function
+trainable, reporting to Tune's session, and the actor is reused by the next trial (BENCHMARKS.md,
+figure 2: 20-60 s less per trial here).
 OptunaSearch (TPE or random, seeded, its named study persisted by :mod:`search.tune.optuna_study`)
 proposes the configurations; ASHA prunes on the per-epoch ID-val objective, which the TuneConfig
 names.
