@@ -351,8 +351,8 @@ class Study:
         parts = prepare(self.setup, best["config"], "cpu")
         ev: Evaluator = parts.evaluator
 
-        from tqdm import tqdm
-        bar = tqdm(desc="greedy soup: ID val of each candidate soup", unit="soup")
+        from search.progress import bar as progress_bar
+        bar = progress_bar("greedy soup: ID val of each candidate soup", unit="soup")
 
         def id_val_of(state) -> float:
             parts.model.load_state_dict(state)
@@ -370,7 +370,7 @@ class Study:
             if key not in done:
                 log.info("%s soup of %d trial(s): WiSE selection on ID val, then the report sets",
                          name, len(ids))
-                done[key] = wise_evaluation(parts, state, self.setup)
+                done[key] = wise_evaluation(parts, state, self.setup, label=f"{name} soup")
             result = done[key]
             out[name] = {"trials": ids, "selected_alpha": result["wise_alpha"],
                          "soup": _strip(result, "ft/"), "wise": _strip(result, "wise/"),

@@ -24,6 +24,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.space import startup_trials
+from search.tune import console
+from search.tune.console import progress_reporter
 from search.tune.trial import OBJECTIVE, StudySetup, setup_dict, train_worker
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,8 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
                                               fail_fast=False),
             # Tune holds the checkpoints only of trials that train in the trial actor
             checkpoint_config=tune.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
-            verbose=1),
+            # a status table every 30 s with the objective and ID val, no per-trial dumps
+            progress_reporter=progress_reporter(param_space), verbose=console.VERBOSE),
     )
 
 
@@ -136,6 +139,7 @@ def restore_tuner(setup: StudySetup, study_name: str, storage_path: Path) -> tun
     Ray restores the Tuner's callbacks (the MLflow callback) from the pickled run config, so the
     recorder reattaches to the same parent run."""
     setup = replace(setup, storage_path=str(storage_path))
+    console.use_legacy_output()     # the pickled run config holds the study's reporter
     return tune.Tuner.restore(str(storage_path / study_name), trainable=make_trainable(setup),
                               resume_unfinished=True, restart_errored=False)
 
