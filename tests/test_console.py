@@ -89,3 +89,21 @@ def test_status_table_drops_the_session_folder_line(capsys, monkeypatch):
     reporter.report([], False)
     out = capsys.readouterr().out
     assert "Result logdir" not in out and "Number of trials: 1/2" in out
+
+
+def test_status_table_prints_again_only_when_it_changed(capsys, monkeypatch):
+    from types import SimpleNamespace
+    _no_engine_choice(monkeypatch)
+    reporter = progress_reporter({"lr": None})
+    reporter.setup(start_time=0.0, total_samples=2)
+    monkeypatch.setattr(reporter, "_progress_str", lambda trials, done, *info: "TABLE\n")
+    trial = SimpleNamespace(trial_id="a", status="RUNNING", last_result={"training_iteration": 1})
+    reporter.report([trial], False)
+    reporter.report([trial], False)                 # nothing changed: one line
+    trial.last_result = {"training_iteration": 2}   # an epoch reported: the table again
+    reporter.report([trial], False)
+    reporter.report([trial], True)                  # the end: always the table
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert lines[0] == "TABLE" and lines[2:] == ["TABLE", "TABLE"], lines
+    assert lines[1].startswith("Tune: 1/2 trials (1 RUNNING), running for ") and \
+        lines[1].endswith("the table above is unchanged"), lines

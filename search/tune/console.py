@@ -13,6 +13,8 @@ a 2-trial study before, 61 after).
 from __future__ import annotations
 
 import os
+import time
+from collections import Counter
 from typing import Iterable
 
 from ray.tune import CLIReporter
@@ -32,11 +34,23 @@ METRIC_COLUMNS = {M.EPOCH: "epoch", M.TRAIN_LOSS: "train loss", "objective": "ob
 
 
 class StatusTable(CLIReporter):
-    """Tune's ``CLIReporter`` without its "Result logdir" line: that is the driver's staging
-    folder in Ray's temporary session directory, not where the study keeps its results
-    (``--output``; the final summary prints those paths)."""
+    """Tune's ``CLIReporter``, printing its table only when it changed (a trial started, reported
+    an epoch or ended) and otherwise one line saying the study is alive; without its "Result
+    logdir" line, which is the driver's staging folder in Ray's temporary session directory, not
+    where the study keeps its results (``--output``; the final summary prints those paths)."""
 
     def report(self, trials, done: bool, *sys_info: str) -> None:
+        state = [(t.trial_id, t.status, (t.last_result or {}).get("training_iteration"))
+                 for t in trials]
+        if not done and state == getattr(self, "_shown", None):
+            counts = Counter(t.status for t in trials)
+            elapsed = int(time.time() - (self._start_time or time.time()))
+            self._print(f"Tune: {len(trials)}/{self._total_samples} trials ("
+                        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+                        + f"), running for {elapsed // 60}:{elapsed % 60:02d} min; the table "
+                        "above is unchanged")
+            return
+        self._shown = state
         text = self._progress_str(trials, done, *sys_info)   # what CLIReporter.report prints
         self._print("\n".join(line for line in text.split("\n")
                                if not line.startswith("Result logdir: ")))

@@ -86,17 +86,23 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
                sampler: str, seed: int, scheduler: str, grace_period: int,
                reduction_factor: float, num_samples: int, max_concurrent_trials: int,
                callbacks: list, storage_path: Path, n_startup_trials: int | None = None,
-               multivariate: bool = False, optuna_storage: str | None = None) -> tune.Tuner:
-    """A Tuner over :func:`run_trial`; results and trial checkpoints live under storage_path,
-    the Optuna study in ``optuna_storage`` (a URL; None: in memory). ``n_startup_trials``:
-    TPE's random start-up trials (None: :func:`search.space.startup_trials` of num_samples)."""
+               multivariate: bool = False, optuna_storage: str | None = None,
+               experiment_name: str | None = None, study_budget: int | None = None
+               ) -> tune.Tuner:
+    """A Tuner over :func:`run_trial`; results and trial checkpoints live under
+    storage_path/experiment_name (default: the study's name; a study's extension is a further
+    experiment, :mod:`search.experiments`), the Optuna study ``study_name`` in ``optuna_storage``
+    (a URL; None: in memory). ``n_startup_trials``: TPE's random start-up trials (None:
+    :func:`search.space.startup_trials` of num_samples). ``study_budget``: the whole study's
+    trials when this experiment extends it (default ``num_samples``)."""
     setup = replace(setup, storage_path=str(storage_path))
     trainable = make_trainable(setup)
     plan = setup.plan
     n_startup_trials = startup_trials(n_startup_trials, num_samples)
-    if sampler == "tpe" and param_space and num_samples <= n_startup_trials:
+    budget = study_budget or num_samples
+    if sampler == "tpe" and param_space and budget <= n_startup_trials:
         log.warning("num_samples %d <= n_startup_trials %d: every TPE trial is random; raise "
-                    "num_samples or lower search.n_startup_trials", num_samples, n_startup_trials)
+                    "num_samples or lower search.n_startup_trials", budget, n_startup_trials)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -119,7 +125,8 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
             # *next* trial ("Could not re-use actor"; BENCHMARKS.md figure 2).
             reuse_actors=plan.reuse_actors),
         run_config=tune.RunConfig(
-            name=study_name, storage_path=str(storage_path), callbacks=callbacks,
+            name=experiment_name or study_name, storage_path=str(storage_path),
+            callbacks=callbacks,
             # Tune restarts a failed trial in both modes: in the trial actor, from the checkpoint
             # Tune holds; a worker group's driver (crashed, or its Train run out of retries)
             # starts the same-named Train run again, which resumes from Train's checkpoint. So a
