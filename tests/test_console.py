@@ -7,9 +7,14 @@ import io
 import os
 
 from search import progress
-from search.tune.console import METRIC_COLUMNS, NEW_OUTPUT_ENV, StatusTable, progress_reporter
-from search.tune.trial import StudySetup, prepare, wise_evaluation
 from search.bench.tiny_data import write_tiny_spec
+from search.tune.console import (
+    METRIC_COLUMNS,
+    NEW_OUTPUT_ENV,
+    StatusTable,
+    progress_reporter,
+)
+from search.tune.trial import StudySetup, prepare, wise_evaluation
 
 
 class _Terminal(io.StringIO):
@@ -52,7 +57,8 @@ def test_wise_evaluation_reports_its_progress(tmp_path, monkeypatch, capsys):
     spec = write_tiny_spec(tmp_path, per_class=2)
     setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
                        storage_path="unused", wise_grid=(0.0, 0.5, 1.0),
-                       base_params=dict(epochs=1, batch_size=8, warmup_steps=0, seed=0))
+                       base_params={"epochs": 1, "batch_size": 8, "warmup_steps": 0,
+                                    "seed": 0})
     parts = prepare(setup, {})
     result = wise_evaluation(parts, parts.method.final_state_dict(parts.model), setup,
                              label="trial 7")

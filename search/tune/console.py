@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from ray.tune import CLIReporter
 
