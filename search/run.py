@@ -26,7 +26,8 @@ EXIT_FAILED = 1   # the study ran but every trial failed (bad input exits 2, bef
 PROJECT_LOGGERS = ("search", "trainables", "__main__")
 #: Libraries that log INFO lines of their own: open_clip logs to the root logger, MLflow and
 #: alembic while opening a store. Kept at WARNING so an error is the one line printed.
-QUIET_LIBRARIES = ("mlflow", "alembic", "open_clip", "urllib3", "filelock", "matplotlib")
+QUIET_LIBRARIES = ("mlflow", "alembic", "open_clip", "urllib3", "filelock", "matplotlib",
+                   "ray.tune")   # Tune: "Wrote the latest version of all result files…"
 
 
 def _default_data() -> Path:
@@ -59,6 +60,9 @@ def configure_logging(quiet: bool, verbose: bool = False) -> None:
     # MLflow sets its own logger's level when it is imported (MLFLOW_LOGGING_LEVEL, default
     # INFO) and Optuna its own when first used: both are told, not only their loggers
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow draws a tqdm bar per artifact download (logging the model copies its folder): on a
+    # log file it is one long line of carriage returns, and the copy takes under a second
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -104,6 +104,7 @@ class Study:
     optuna_storage: str = ""     # the Optuna study's storage URL (search/tune/optuna_study.py)
     warm_start: tuple[list[dict[str, Any]], str] = ([], "")   # (configurations, source label)
     inputs: dict[str, Any] = field(default_factory=dict)   # compared by --resume (resume.py)
+    experiments: list[Any] = field(default_factory=list)   # search.experiments.Experiment
 
     # --- validation -------------------------------------------------------------------------
     @classmethod
@@ -176,8 +177,10 @@ class Study:
             num_samples=num_samples, seed=seed, max_concurrent=max_conc,
             workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
             trial_runner=args.trial_runner, experiment=args.experiment)
-        if args.resume:     # differences are errors; a finished study raises NothingToDo
-            check_resume(output, name, inputs)
+        # differences are errors; a finished study raises NothingToDo; a larger budget extends
+        stored = check_resume(output, name, inputs) if args.resume else None
+        from search.experiments import plan
+        experiments = plan(name, stored, num_samples)
         data = _with_anchors(setup, method_cls, output)
         setup = replace(setup, data=str(data))
         parts = prepare(setup, {}, "cpu")       # checks weights/architecture/data together
@@ -191,17 +194,17 @@ class Study:
         # sqlite store on a multi-node cluster
         init_ray(args.address, setup, max_conc, tracking_uri=tracking_uri)
         return cls(args, setup, space, name, output, tracking_uri, num_samples, max_conc, seed,
-                   parts, optuna_storage=optuna_storage, warm_start=warm_start, inputs=inputs)
+                   parts, optuna_storage=optuna_storage, warm_start=warm_start, inputs=inputs,
+                   experiments=experiments)
 
     # --- running ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from search.interrupt import Interrupted
-        from search.resume import write_state
         from search.tracking.recorder import StudyRecorder, ensure_tracking
 
         method = self.parts.method
         self.output.mkdir(parents=True, exist_ok=True)
-        write_state(self.output, self.name, self.inputs, "running")
+        self._save_state("running")
         ensure_tracking(self.tracking_uri)
         recorder = StudyRecorder(
             self.tracking_uri, self.args.experiment, self.name,
@@ -218,6 +221,9 @@ class Study:
             trials: list[dict[str, Any]] = []
             if not method.trains_nothing:
                 trials = self._tune(recorder)
+            if len(self.experiments) > 1:   # extended: the study chooses again among all trials
+                from search.experiments import clear_best_tags
+                clear_best_tags(recorder.client, recorder.experiment_id, parent)
             summary = self._summarise(zeroshot, trials, recorder, parent)
         except Interrupted as stop:     # Ctrl-C / SIGTERM: KILLED runs, no summary; --resume
             from search.tracking.interrupted import mark_killed
@@ -235,8 +241,7 @@ class Study:
                 atomic_write_json(self.output / "summary.json", summary)
                 raise
         atomic_write_json(self.output / "summary.json", summary)
-        write_state(self.output, self.name, self.inputs,
-                    "failed" if "error" in summary else "finished")
+        self._save_state("failed" if "error" in summary else "finished")
         if "error" in summary:
             raise StudyFailed(summary["error"])
         return summary
@@ -248,36 +253,78 @@ class Study:
                 else None, "num_samples": self.num_samples, "seed": self.seed,
                 "max_concurrent_trials": self.max_concurrent, "study": self.name}
 
+    def _save_state(self, status: str) -> None:
+        """study.json: the inputs, ``status`` and the study's Tune experiments."""
+        from search.resume import write_state
+        write_state(self.output, self.name, self.inputs, status,
+                    [e.as_dict() for e in self.experiments])
+
     def _tune(self, recorder) -> list[dict[str, Any]]:
+        """Run (or, after a kill, continue) each of the study's Tune experiments in turn
+        (:mod:`search.experiments`); the records of the trials of all of them. A finished
+        experiment is only read back."""
+        from search.tune.tuner import restore_tuner
+        trials: list[dict[str, Any]] = []
+        numbered = 0            # trials of the earlier experiments: trial numbers go on from here
+        for index, experiment in enumerate(self.experiments):
+            if experiment.finished and (self.output / "ray" / experiment.name / "tuner.pkl"
+                                        ).is_file():
+                grid = restore_tuner(self.setup, experiment.name, self.output / "ray"
+                                     ).get_results()
+            else:
+                grid = self._fit(recorder, experiment, index, numbered)
+                experiment.finished = True
+                self._save_state("running")
+            trials += trial_records(grid)
+            numbered += experiment.num_samples
+        return trials
+
+    def _fit(self, recorder, experiment, index: int, numbered: int):
+        """Run one Tune experiment to its end (restored if Tune saved its state); its ResultGrid.
+        An extension (``index`` > 0) asks the same Optuna study with a sampler seeded
+        ``seed + index`` (the first experiment's seed would replay its random draws) and with
+        TPE's start-up trials counted over the whole budget; its MLflow runs are numbered on
+        from ``numbered``."""
+        from search.space import startup_trials
         from search.tune.optuna_study import open_study
         from search.tracking.callback import MlflowTuneCallback
         from search.tune.tuner import make_tuner, restore_tuner
 
         storage = self.output / "ray"
-        callbacks = [MlflowTuneCallback(recorder)]
-        restoring = self.args.resume and (storage / self.name / "tuner.pkl").is_file()
+        callback = MlflowTuneCallback(recorder)
+        callback.number_offset = numbered
+        restoring = self.args.resume and (storage / experiment.name / "tuner.pkl").is_file()
         if self.optuna_storage:
-            open_study(self.optuna_storage, self.name, self.setup.method, *self.warm_start,
+            warm = self.warm_start if index == 0 else ([], "")
+            open_study(self.optuna_storage, self.name, self.setup.method, *warm,
                        restoring=restoring)
         if restoring:
-            tuner = restore_tuner(self.setup, self.name, storage)
+            tuner = restore_tuner(self.setup, experiment.name, storage)
         else:
-            if self.args.resume:
+            if self.args.resume and index == 0:
                 log.warning("--resume: the killed driver saved no Tune state for %s (it died "
                             "before the first trial); starting its trials afresh", self.name)
+            elif index:
+                log.info("extending study %s to %d trials: experiment %s runs %d more",
+                         self.name, self.num_samples, experiment.name, experiment.num_samples)
             params = _param_space(self.space, self.setup)
             s = self.space.search
             tuner = make_tuner(self.setup, params, study_name=self.name, sampler=s.sampler,
-                               seed=self.seed, scheduler=s.scheduler, grace_period=s.grace_period,
-                               reduction_factor=s.reduction_factor, num_samples=self.num_samples,
-                               max_concurrent_trials=self.max_concurrent, callbacks=callbacks,
-                               storage_path=storage, n_startup_trials=s.n_startup_trials,
+                               seed=self.seed + index, scheduler=s.scheduler,
+                               grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor,
+                               num_samples=experiment.num_samples,
+                               max_concurrent_trials=self.max_concurrent, callbacks=[callback],
+                               storage_path=storage,
+                               n_startup_trials=(s.n_startup_trials if index == 0 else
+                                                 startup_trials(s.n_startup_trials,
+                                                                self.num_samples)),
                                multivariate=s.multivariate,
-                               optuna_storage=self.optuna_storage or None)
+                               optuna_storage=self.optuna_storage or None,
+                               experiment_name=experiment.name, study_budget=self.num_samples)
         from search.interrupt import tune_running
         with tune_running():            # a signal stops Tune gracefully, then raises Interrupted
-            grid = tuner.fit()
-        return trial_records(grid)
+            return tuner.fit()
 
     # --- after the study ----------------------------------------------------------------------
     def _summarise(self, zeroshot: dict[str, float], trials: list[dict[str, Any]], recorder,
@@ -351,8 +398,8 @@ class Study:
         parts = prepare(self.setup, best["config"], "cpu")
         ev: Evaluator = parts.evaluator
 
-        from tqdm import tqdm
-        bar = tqdm(desc="greedy soup: ID val of each candidate soup", unit="soup")
+        from search.progress import bar as progress_bar
+        bar = progress_bar("greedy soup: ID val of each candidate soup", unit="soup")
 
         def id_val_of(state) -> float:
             parts.model.load_state_dict(state)
@@ -370,7 +417,7 @@ class Study:
             if key not in done:
                 log.info("%s soup of %d trial(s): WiSE selection on ID val, then the report sets",
                          name, len(ids))
-                done[key] = wise_evaluation(parts, state, self.setup)
+                done[key] = wise_evaluation(parts, state, self.setup, label=f"{name} soup")
             result = done[key]
             out[name] = {"trials": ids, "selected_alpha": result["wise_alpha"],
                          "soup": _strip(result, "ft/"), "wise": _strip(result, "wise/"),

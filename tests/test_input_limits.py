@@ -210,7 +210,7 @@ RESUME = FIXED + ["--resume", "--gpus-per-worker", "1"]
 
 
 @pytest.mark.parametrize("change, needle", [
-    ({"num_samples": 1}, "extending it to 4 is not supported"),
+    ({"num_samples": 8}, "--num-samples 4 cannot shrink it"),
     ({"seed": 7}, "--seed differs"),
     ({"model": "tiny-clip-32"}, "--model differs"),
     ({"method": "lp"}, "--method differs"),
@@ -224,6 +224,19 @@ def test_resume_with_changed_inputs_is_refused(change, needle, capsys, tmp_path,
     code, err = _run(capsys, RESUME + ["--data", str(spec), "--output", str(out)])
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
+    assert sorted(out.rglob("*")) == before
+
+
+def test_resume_with_a_larger_budget_passes_the_resume_check(capsys, tmp_path, spec,
+                                                             monkeypatch):
+    """A study stored with 1 trial, resumed with the space's 4: an extension, not a difference
+    (tests/test_reliability.py::test_resume_with_more_samples_extends_the_study runs one); here
+    the run then stops at the GPU check, before Ray starts, and changes nothing."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    before = _stored_study(out, _stored_inputs(spec, num_samples=1), "finished")
+    code, err = _run(capsys, RESUME + ["--data", str(spec), "--output", str(out)])
+    assert code == 2 and "GPUs" in err and "differs" not in err and "shrink" not in err, err
     assert sorted(out.rglob("*")) == before
 
 

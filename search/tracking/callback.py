@@ -63,12 +63,14 @@ class MlflowTuneCallback(Callback):
         self.zeroshot = dict(zeroshot or {})
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
+        self.number_offset = 0      # trials of a study's earlier experiments (search.experiments)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_runs": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"trial_defaults": {}, "zeroshot": {}, **state})  # older pickles
+        self.__dict__.update({"trial_defaults": {}, "zeroshot": {}, "number_offset": 0,
+                              **state})  # older pickles
 
     @property
     def client(self) -> MlflowClient:
@@ -103,7 +105,7 @@ class MlflowTuneCallback(Callback):
         # Tune numbers its trials in experiment_tag ("3_lr=0.0006,..."); its trial id is a hash
         number = str(getattr(trial, "experiment_tag", "")).partition("_")[0]
         return trial_run_name(str(trial.trial_id), dict(trial.config), alpha,
-                              int(number) if number.isdigit() else None)
+                              int(number) + self.number_offset if number.isdigit() else None)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         _log_params(self.client, self.run_id(trial), {**self.trial_defaults, **trial.config})

@@ -130,9 +130,11 @@ def prepare(setup: StudySetup, params: dict[str, Any], device: torch.device | st
     return RunParts(bundle, method, train_cfg, model, theta_zs, ctx, data, evaluator)
 
 
-def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: StudySetup
-                    ) -> dict[str, float]:
-    """Select α on ID val, then evaluate for reporting; returns the flat final metrics."""
+def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: StudySetup,
+                    label: str = "WiSE") -> dict[str, float]:
+    """Select α on ID val, then evaluate for reporting; returns the flat final metrics.
+    ``label`` names the model in the progress lines (:mod:`search.progress`)."""
+    from search.progress import bar
     model, method, evaluator = parts.model, parts.method, parts.evaluator
     keys = method.trained_names(model)
 
@@ -140,12 +142,18 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
         model.load_state_dict(interpolate(parts.theta_zs, theta_ft, alpha, keys))
         return model
 
+    budget = len(setup.wise_grid) if setup.wise_strategy == "grid" else setup.wise_evaluations
+    progress = bar(f"{label}: WiSE α search on ID val", budget, "α")
+
     def id_val_at(alpha: float) -> float:
-        return evaluator.evaluate(load(alpha), method, SELECTION)[M.ID_VAL]
+        value = evaluator.evaluate(load(alpha), method, SELECTION)[M.ID_VAL]
+        progress.update()
+        return value
 
     start = time.perf_counter()
-    alpha, curve = select_alpha(id_val_at, setup.wise_strategy, list(setup.wise_grid),
-                                setup.wise_evaluations)
+    with progress:
+        alpha, curve = select_alpha(id_val_at, setup.wise_strategy, list(setup.wise_grid),
+                                    setup.wise_evaluations)
     select_s = time.perf_counter() - start
     out: dict[str, float] = {OBJECTIVE: curve[alpha], "wise_alpha": alpha, FINAL: 1.0,
                              "time/wise_select_s": select_s,
@@ -153,10 +161,13 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
     # Reporting only, after selection: OOD along the curve (frontier plot), everything at α=1, α*.
     ood_sets = [k for k in evaluator.sets if k.startswith("ood/")]
     ood_at: dict[float, dict[str, float]] = {}   # α -> OOD metrics, reused by the final report
+    progress = bar(f"{label}: report sets along the curve, at α=1 and α*",
+                   (len(curve) if ood_sets else 0) + 2, "pass")
     for a, id_val in sorted(curve.items()):
         out[M.curve(a, M.ID_VAL)] = id_val
         if ood_sets:
             ood_at[a] = evaluator.evaluate(load(a), method, ood_sets)
+            progress.update()
             for name, value in ood_at[a].items():
                 out[M.curve(a, name)] = value
     for prefix, a in (("ft", 1.0), ("wise", alpha)):
@@ -164,6 +175,8 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
         sets = [k for k in evaluator.report_sets if not (known and k in ood_sets)]
         for name, value in {**known, **evaluator.evaluate(load(a), method, sets)}.items():
             out[M.at(prefix, name)] = value
+        progress.update()
+    progress.close()
     out["time/report_eval_s"] = time.perf_counter() - start - select_s
     model.load_state_dict(theta_ft)
     return out
@@ -291,7 +304,8 @@ def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
                                          (resume.global_epoch if resume else 0)) + 1}
     theta_ft = parts.method.final_state_dict(parts.model)
     if rank == 0:
-        final.update(wise_evaluation(parts, theta_ft, setup))
+        final.update(wise_evaluation(parts, theta_ft, setup,
+                                     label=loop_config["run_name"].replace("train-", "trial ")))
     report(final, theta_ft if rank == 0 else None)
 
 
