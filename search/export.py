@@ -1,9 +1,10 @@
 """Export a study's model: the chosen one at the end of every study, or any trial or soup at any α.
 
-``python -m search.export --output OUTPUT [--trial ID | --soup uniform|greedy] [--alpha A] --to DIR``
+``python -m search.export --output OUTPUT [--trial ID | --soup uniform|greedy] [--alpha A]
+--to DIR``
 
-The model is rebuilt with the study's own pieces: ``search.tune.trial.prepare`` (model at θ_zs, data,
-evaluator), the trial checkpoint (``trainables.checkpoint``), the soup average
+The model is rebuilt with the study's own pieces: ``search.tune.trial.prepare`` (model at θ_zs,
+data, evaluator), the trial checkpoint (``trainables.checkpoint``), the soup average
 (``search.soups.average`` over the ingredients the study recorded, in its order) and the one WiSE
 function (``trainables.wise.interpolate`` over the keys the method trained). It is evaluated on
 every report set (for the model card: reporting only, nothing is chosen here) and written as a
@@ -22,19 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from clipmodel import folder as model_folder
-from trainables import metrics as M
-from trainables.checkpoint import WEIGHTS, load_weights
-from trainables.errors import InputError
-from trainables.heads import zero_shot_weights
-from trainables.wise import interpolate
-
 from search.cli import fail
 from search.result import TrialRecord
 from search.runspec import RunSpec
 from search.selection import best_trial
 from search.tune.trial import prepare
+from trainables import metrics as M
+from trainables.checkpoint import WEIGHTS, load_weights
+from trainables.errors import InputError
+from trainables.heads import zero_shot_weights
+from trainables.wise import interpolate
 
 SOUPS = ("uniform", "greedy")
 
@@ -155,8 +154,9 @@ def model_card(info: dict[str, Any], head_kind: str) -> str:
     """The folder's README.md: what the model is, its results, and how to use it."""
     from search.tracking.table import format_table
     alpha = info["alpha"]
+    soup = f"the {info['name']} soup of trials {', '.join(info['trials'])}"
     what = {"trial": f"trial {info['name']}", "zeroshot": "the zero-shot model",
-            "soup": f"the {info['name']} soup of trials {', '.join(info['trials'])}"}[info["source"]]
+            "soup": soup}[info["source"]]
     weights = (f"weights `{info['pretrained']['weights']}`" if info["pretrained"]["weights"]
                else "randomly initialised")
     rows = {"zero-shot (α = 0)": info["metrics"]["zeroshot"]}
@@ -198,7 +198,8 @@ print([classes[i] for i in logits.argmax(-1).tolist()])
 
 The architecture also travels as `{info['pretrained']['model'].replace('/', '-')}.json`:
 `open_clip.add_model_config(folder)` then
-`open_clip.create_model_and_transforms("{info['pretrained']['model']}", pretrained=folder + "/open_clip_model.safetensors")`
+`open_clip.create_model_and_transforms("{info['pretrained']['model']}",
+pretrained=folder + "/open_clip_model.safetensors")`
 loads the same weights (with open_clip's default preprocessing for that architecture; `local-dir:`
 uses the preprocessing stored here).
 """

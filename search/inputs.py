@@ -5,18 +5,17 @@ failure is one line (:class:`StudyError`, or another :class:`trainables.errors.I
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from trainables.errors import InputError
-from trainables.methods import get_method_class
-from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from trainables.spec import load_spec
-
 from search.runspec import RunSpec
 from search.tune.trial import StudySetup, prepare
+from trainables.errors import InputError
+from trainables.methods import get_method_class
+from trainables.models import DEFAULT_MODEL, default_pretrained
+from trainables.spec import load_spec
 
 
 class StudyError(InputError):
@@ -86,8 +85,7 @@ def study_setup(args: Any, space: Any, data: Path, seed: int, max_concurrent: in
     model = args.model or DEFAULT_MODEL
     run = RunSpec(
         method=args.method, model=model,
-        pretrained=(args.pretrained if args.pretrained is not None else
-                    (DEFAULT_PRETRAINED if model == DEFAULT_MODEL else None)),
+        pretrained=default_pretrained(model, args.pretrained),
         data=str(data), base_params=base,
         **({"wise_strategy": space.wise.strategy, "wise_grid": tuple(space.wise.grid),
             "wise_evaluations": space.wise.evaluations} if space else {}))
@@ -97,7 +95,7 @@ def study_setup(args: Any, space: Any, data: Path, seed: int, max_concurrent: in
                        max_failures=args.max_failures, trial_runner=args.trial_runner,
                        torch_threads=max(1, int(cpus)))
     try:
-        setup.plan
+        _ = setup.plan                  # e.g. --trial-runner actor with 2 workers
     except ValueError as err:
         raise StudyError(str(err)) from None
     return setup
@@ -132,7 +130,7 @@ def validate(args: Any, overrides: dict[str, Any], default_data: Callable[[], Pa
     name = args.study_name or f"{args.method}-search"
     check_study_name(name)
     check_study_dir(output, name, args.resume)
-    from trainables.benchmarks import resolve_data   # a spec file, or a built-in name
+    from trainables.benchmarks import resolve_data  # a spec file, or a built-in name
     data = resolve_data(args.data) if args.data else default_data()
     load_spec(data)
     setup = study_setup(args, space, data, seed, max_conc, output)
@@ -142,8 +140,10 @@ def validate(args: Any, overrides: dict[str, Any], default_data: Callable[[], Pa
         num_samples=num_samples, seed=seed, max_concurrent=max_conc,
         workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
         trial_runner=args.trial_runner, experiment=args.experiment)
-    if args.resume:     # differences are errors; a finished study raises NothingToDo
-        check_resume(output, name, inputs)
+    # differences are errors; a finished study raises NothingToDo; a larger budget extends
+    stored = check_resume(output, name, inputs) if args.resume else None
+    from search.experiments import plan
+    experiments = plan(name, stored, num_samples)
     setup = replace(setup, run=with_anchors(setup.run))
     parts = prepare(setup.run, {}, "cpu")   # checks weights/architecture/data together
     tracking_uri = args.tracking_uri or f"sqlite:///{output / 'mlflow.db'}"
@@ -154,7 +154,8 @@ def validate(args: Any, overrides: dict[str, Any], default_data: Callable[[], Pa
     return dict(args=args, setup=setup, space=space, name=name, output=output,
                 tracking_uri=tracking_uri, num_samples=num_samples,
                 max_concurrent=max_conc, seed=seed, parts=parts,
-                optuna_storage=optuna_storage, warm_start=warm_start, inputs=inputs)
+                optuna_storage=optuna_storage, warm_start=warm_start, inputs=inputs,
+                experiments=experiments)
 
 
 def param_space(space, setup: StudySetup) -> dict[str, Any]:
@@ -168,9 +169,13 @@ def check_optuna(args: Any, space, setup: StudySetup, name: str, output: Path,
                  ) -> tuple[str, tuple[list[dict[str, Any]], str]]:
     """(Optuna storage URL or "" when nothing is searched, (warm-start configurations, their
     source)), checked before anything is written (search/tune/optuna_study.py)."""
-    from search.tune.optuna_study import (check_storage, default_storage, optuna_distributions,
-                                          warm_start_points)
     from search.space import startup_trials
+    from search.tune.optuna_study import (
+        check_storage,
+        default_storage,
+        optuna_distributions,
+        warm_start_points,
+    )
     searched = param_space(space, setup) if space is not None else {}
     warm = getattr(args, "warm_start", None)
     if not searched:

@@ -1,4 +1,5 @@
-"""``python -m search.prepare``: the command keeps its name; the code is search/anchors/prepare.py."""
+"""``python -m search.prepare``: the command keeps its name; the code is
+search/anchors/prepare.py."""
 import sys
 
 from search.anchors.prepare import main

@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping, Sequence
 
-from trainables import metrics as M
-
 from search.result import OBJECTIVE, TrialResult
+from trainables import metrics as M
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618…
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import time
 from contextlib import contextmanager
@@ -18,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from trainables import metrics as M
-
-from search.inputs import (StudyError, check_batch_split, check_study_name, param_space,
-                           validate)
+from search.inputs import StudyError, check_batch_split, check_study_name, param_space, validate
 from search.result import TrialRecord, trial_records
 from search.tune.trial import RunParts, StudySetup, setup_dict
+from trainables import metrics as M
+from trainables.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 __all__ = ["Study", "StudyError", "StudyFailed", "check_batch_split", "check_study_name",
@@ -57,9 +55,7 @@ def code_version() -> str:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 @dataclass
@@ -82,6 +78,7 @@ class Study:
     #: seconds by phase: validation, Ray start, zero-shot evaluation, Tune, soups, importances,
     #: MLflow (driver); filled as the study runs (``search.bench.study_figures`` reads them)
     phases: dict[str, float] = field(default_factory=dict)
+    experiments: list[Any] = field(default_factory=list)   # search.experiments.Experiment
 
     # --- validation ---------------------------------------------------------------------------
     @classmethod
@@ -102,12 +99,11 @@ class Study:
     # --- running ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from search.interrupt import Interrupted
-        from search.resume import write_state
         from search.tracking.recorder import StudyRecorder, ensure_tracking
 
         method = self.parts.method
         self.output.mkdir(parents=True, exist_ok=True)
-        write_state(self.output, self.name, self.inputs, "running")
+        self._save_state("running")
         ensure_tracking(self.tracking_uri)
         recorder = StudyRecorder(
             self.tracking_uri, self.args.experiment, self.name,
@@ -127,6 +123,9 @@ class Study:
             if not method.trains_nothing:
                 with timed(self.phases, "Tune"):
                     trials = self._tune(recorder)
+            if len(self.experiments) > 1:   # extended: the study chooses again among all trials
+                from search.experiments import clear_best_tags
+                clear_best_tags(recorder.client, recorder.experiment_id, parent)
             summary = self._summarise(zeroshot, trials, recorder, parent)
         except Interrupted as stop:     # Ctrl-C / SIGTERM: KILLED runs, no summary; --resume
             from search.tracking.interrupted import mark_killed
@@ -144,8 +143,7 @@ class Study:
                 atomic_write_json(self.output / "summary.json", summary)
                 raise
         atomic_write_json(self.output / "summary.json", summary)
-        write_state(self.output, self.name, self.inputs,
-                    "failed" if "error" in summary else "finished")
+        self._save_state("failed" if "error" in summary else "finished")
         if "error" in summary:
             raise StudyFailed(summary["error"])
         return summary
@@ -156,36 +154,78 @@ class Study:
                 else None, "num_samples": self.num_samples, "seed": self.seed,
                 "max_concurrent_trials": self.max_concurrent, "study": self.name}
 
+    def _save_state(self, status: str) -> None:
+        """study.json: the inputs, ``status`` and the study's Tune experiments."""
+        from search.resume import write_state
+        write_state(self.output, self.name, self.inputs, status,
+                    [e.as_dict() for e in self.experiments])
+
     def _tune(self, recorder) -> list[TrialRecord]:
-        from search.tune.optuna_study import open_study
+        """Run (or, after a kill, continue) each of the study's Tune experiments in turn
+        (:mod:`search.experiments`); the records of the trials of all of them. A finished
+        experiment is only read back."""
+        from search.tune.tuner import restore_tuner
+        trials: list[TrialRecord] = []
+        numbered = 0            # trials of the earlier experiments: trial numbers go on from here
+        for index, experiment in enumerate(self.experiments):
+            if experiment.finished and (self.output / "ray" / experiment.name / "tuner.pkl"
+                                        ).is_file():
+                grid = restore_tuner(self.setup, experiment.name, self.output / "ray"
+                                     ).get_results()
+            else:
+                grid = self._fit(recorder, experiment, index, numbered)
+                experiment.finished = True
+                self._save_state("running")
+            trials += trial_records(grid)
+            numbered += experiment.num_samples
+        return trials
+
+    def _fit(self, recorder, experiment, index: int, numbered: int):
+        """Run one Tune experiment to its end (restored if Tune saved its state); its ResultGrid.
+        An extension (``index`` > 0) asks the same Optuna study with a sampler seeded
+        ``seed + index`` (the first experiment's seed would replay its random draws) and with
+        TPE's start-up trials counted over the whole budget; its MLflow runs are numbered on
+        from ``numbered``."""
+        from search.space import startup_trials
         from search.tracking.callback import MlflowTuneCallback
+        from search.tune.optuna_study import open_study
         from search.tune.tuner import make_tuner, restore_tuner
 
         storage = self.output / "ray"
-        callbacks = [MlflowTuneCallback(recorder)]
-        restoring = self.args.resume and (storage / self.name / "tuner.pkl").is_file()
+        callback = MlflowTuneCallback(recorder)
+        callback.number_offset = numbered
+        restoring = self.args.resume and (storage / experiment.name / "tuner.pkl").is_file()
         if self.optuna_storage:
-            open_study(self.optuna_storage, self.name, self.setup.run.method, *self.warm_start,
+            warm = self.warm_start if index == 0 else ([], "")
+            open_study(self.optuna_storage, self.name, self.setup.run.method, *warm,
                        restoring=restoring)
         if restoring:
-            tuner = restore_tuner(self.setup, self.name, storage)
+            tuner = restore_tuner(self.setup, experiment.name, storage)
         else:
-            if self.args.resume:
+            if self.args.resume and index == 0:
                 log.warning("--resume: the killed driver saved no Tune state for %s (it died "
                             "before the first trial); starting its trials afresh", self.name)
+            elif index:
+                log.info("extending study %s to %d trials: experiment %s runs %d more",
+                         self.name, self.num_samples, experiment.name, experiment.num_samples)
             params = param_space(self.space, self.setup)
             s = self.space.search
             tuner = make_tuner(self.setup, params, study_name=self.name, sampler=s.sampler,
-                               seed=self.seed, scheduler=s.scheduler, grace_period=s.grace_period,
-                               reduction_factor=s.reduction_factor, num_samples=self.num_samples,
-                               max_concurrent_trials=self.max_concurrent, callbacks=callbacks,
-                               storage_path=storage, n_startup_trials=s.n_startup_trials,
+                               seed=self.seed + index, scheduler=s.scheduler,
+                               grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor,
+                               num_samples=experiment.num_samples,
+                               max_concurrent_trials=self.max_concurrent, callbacks=[callback],
+                               storage_path=storage,
+                               n_startup_trials=(s.n_startup_trials if index == 0 else
+                                                 startup_trials(s.n_startup_trials,
+                                                                self.num_samples)),
                                multivariate=s.multivariate,
-                               optuna_storage=self.optuna_storage or None)
+                               optuna_storage=self.optuna_storage or None,
+                               experiment_name=experiment.name, study_budget=self.num_samples)
         from search.interrupt import tune_running
         with tune_running():            # a signal stops Tune gracefully, then raises Interrupted
-            grid = tuner.fit()
-        return trial_records(grid)
+            return tuner.fit()
 
     # --- after the study ----------------------------------------------------------------------
     def _summarise(self, zeroshot: dict[str, float], trials: list[TrialRecord], recorder,

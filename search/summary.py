@@ -7,10 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trainables import metrics as M
-
 from search.result import TrialRecord, encode_curve, finite
 from search.runspec import RunSpec
+from trainables import metrics as M
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,8 @@ def soups(run: RunSpec, finished: list[TrialRecord], best: TrialRecord, top_k: i
     parts = prepare(run, best.params, "cpu")
     ev = parts.evaluator
 
-    from tqdm import tqdm
-    bar = tqdm(desc="greedy soup: ID val of each candidate soup", unit="soup")
+    from search.progress import bar as progress_bar
+    bar = progress_bar("greedy soup: ID val of each candidate soup", unit="soup")
 
     def id_val_of(state) -> float:
         parts.model.load_state_dict(state)
@@ -65,7 +64,7 @@ def soups(run: RunSpec, finished: list[TrialRecord], best: TrialRecord, top_k: i
         if key not in done:
             log.info("%s soup of %d trial(s): WiSE selection on ID val, then the report sets",
                      name, len(ids))
-            done[key] = wise_evaluation(parts, state, run)
+            done[key] = wise_evaluation(parts, state, run, label=f"{name} soup")
         result = done[key]
         out[name] = {"trials": ids, "selected_alpha": result.alpha,
                      "soup": finite(result.finetuned), "wise": finite(result.wise),

@@ -36,7 +36,8 @@ def _python(code: str, tmp_path: Path, timeout: int) -> subprocess.CompletedProc
 
 
 def test_worker_and_check_import_without_ray(tmp_path):
-    proc = _python("import search.bench.core, search.bench.gpu, search.tune.trial, trainables.loop\n"
+    proc = _python("import search.bench.core, search.bench.gpu, search.tune.trial\n"
+                   "import trainables.loop\n"
                    "from search.tune.trial import run_worker, LocalSession\n"
                    "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                    "('ray', 'mlflow', 'optuna')))", tmp_path, 300)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from search import cli
 from search.anchors import prepare
-from search.bench import core as bench, report
+from search.bench import core as bench
+from search.bench import report
 from trainables.methods import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent

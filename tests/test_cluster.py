@@ -5,7 +5,8 @@ The cluster is two ``ray start --block`` processes (head + worker, 2 logical CPU
 takes 2 CPUs (``--cpus-per-worker 2``, its worker function in the Tune trial actor), so two
 concurrent trials must span both nodes. The data is the built-in PACS spec over a fake DomainBed
 tree; ``DOMAINBED_ROOT`` is set in the driver only, so the run also shows the spec's variables
-travelling to the other node's workers in the runtime environment. Every process started here is stopped by its own id.
+travelling to the other node's workers in the runtime environment. Every process started here is
+stopped by its own id.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from search.tune.cluster import ClusterError, check_cluster, derive_max_concurrent
 from search.runspec import RunSpec
+from search.tune.cluster import ClusterError, check_cluster
 from search.tune.trial import StudySetup
 
 from .benchmark_stubs import write_image
@@ -34,7 +35,7 @@ PACS_DOMAINS = ["art_painting", "cartoon", "photo", "sketch"]
 RUN = RunSpec(method="ft", model="m", pretrained=None, data="d")
 
 
-# --- the checks, without a cluster ---------------------------------------------------------------
+# --- the checks, without a cluster ----------------------------------------------------------------
 NODES = [{"NodeID": "a", "NodeManagerAddress": "10.0.0.1"},
          {"NodeID": "b", "NodeManagerAddress": "10.0.0.2"}]
 
@@ -59,30 +60,23 @@ def test_multi_node_refuses_sqlite_and_node_local_storage(tmp_path):
     check_cluster("s3://bucket/runs", "http://h:5000", NODES, lambda m, n: [False, False])
 
 
-def test_max_concurrent_is_derived_from_resources():
+def test_trial_resources():
+    """What one trial reserves (derive_max_concurrent, which divided the cluster by it, was
+    unused and is gone)."""
     setup = StudySetup(RUN, storage_path="s",
                        workers_per_trial=2, cpus_per_worker=4, gpus_per_worker=1)
-    assert derive_max_concurrent(setup, cpus=64, gpus=16) == 7       # CPU-bound: 64 // 9
-    assert derive_max_concurrent(setup, cpus=64, gpus=4) == 2        # GPU-bound: 4 // 2
-    small = StudySetup(RUN, storage_path="s",
-                       cpus_per_worker=1, gpus_per_worker=0.25)
-    assert derive_max_concurrent(small, cpus=16, gpus=1) == 4        # 4 trials share one GPU
-    assert derive_max_concurrent(small, cpus=16, gpus=1, num_samples=3) == 3
-    assert derive_max_concurrent(small, cpus=1, gpus=0) == 1         # never below 1
     # a one-worker trial trains in its Tune actor: the worker's CPUs only; a worker group adds
     # 1 CPU for the trial actor
     one = StudySetup(RUN, storage_path="s",
                      cpus_per_worker=2)
     assert one.in_trial_process and one.trial_resources == {"CPU": 2, "GPU": 0}
-    assert derive_max_concurrent(one, cpus=8, gpus=0) == 4
     group = StudySetup(RUN, storage_path="s",
                        cpus_per_worker=2, trial_runner="worker-group")
     assert not group.in_trial_process and group.trial_resources == {"CPU": 3, "GPU": 0}
-    assert derive_max_concurrent(group, cpus=8, gpus=0) == 2
     assert not setup.in_trial_process                                # 2 workers: a group
 
 
-# --- a real two-node cluster -------------------------------------------------------------------------
+# --- a real two-node cluster ----------------------------------------------------------------------
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:

@@ -7,14 +7,13 @@ import pytest
 import torch
 import yaml
 
+from search.bench.tiny_data import ID_CLASSES, write_tiny_spec
 from search.runspec import RunSpec
 from search.tune.trial import prepare
 from trainables import metrics as M
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.data import DataError, build_task_data, hold_out
 from trainables.spec import load_spec
-
-from search.bench.tiny_data import ID_CLASSES, write_tiny_spec
 
 
 @pytest.fixture

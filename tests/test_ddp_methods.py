@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 
 from search.bench.ddp import RTOL, Case, compare_ddp, trainable_cases
-
 from search.bench.tiny_data import write_tiny_spec
 
 # non-default variants whose contrastive term takes another code path

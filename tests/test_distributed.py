@@ -23,11 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from search.bench.tiny_data import write_tiny_spec
 from search.runspec import RunSpec
 from search.tune.trial import StudySetup, prepare
 from trainables.loop import default_loader, train
-
-from search.bench.tiny_data import write_tiny_spec
 
 GLOBAL_BATCH = 8
 PARAMS = dict(lr=1e-3, weight_decay=0.0, epochs=3, warmup_steps=0, grad_clip=1.0, seed=0)

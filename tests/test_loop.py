@@ -7,13 +7,12 @@ import copy
 import pytest
 import torch
 
+from search.bench.tiny_data import write_tiny_spec
 from search.runspec import RunSpec
 from search.tune.trial import prepare
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.loop import NonFiniteLossError, train
 from trainables.methods import METHODS, Batch
-
-from search.bench.tiny_data import write_tiny_spec
 
 TRAINING = sorted(m for m, cls in METHODS.items() if not cls.trains_nothing)
 

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from search.bench.tiny_data import write_tiny_spec
 from search.result import TrialResult
 from search.runspec import RunSpec
 from search.selection import best_trial, select_alpha
 from search.tune.trial import prepare, wise_evaluation
 from trainables import metrics as M
 from trainables.loop import train
-
-from search.bench.tiny_data import write_tiny_spec
 
 TRIALS = [{"lr": 3e-4}, {"lr": 3e-3}]
 

@@ -11,10 +11,10 @@ import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
 from search.result import TrialRecord
-from search.tracking.plots import frontier_data, study_frontier_png
-from search.tracking.names import curve_table, metrics_of, tracked, trial_run_name, wise_curve
-from search.tracking.recorder import StudyRecorder, TrackingError, ensure_tracking
 from search.tracking.callback import MlflowTuneCallback
+from search.tracking.names import curve_table, metrics_of, tracked, trial_run_name, wise_curve
+from search.tracking.plots import frontier_data, study_frontier_png
+from search.tracking.recorder import StudyRecorder, TrackingError, ensure_tracking
 from trainables import metrics as M
 
 ALPHAS = [i / 10 for i in range(11)]
@@ -88,7 +88,8 @@ def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set
 
 def test_study_parent_children_metrics_and_artifacts(client: MlflowClient, tmp_path: Path) -> None:
     recorder = start(client, tmp_path)
-    callback = cloudpickle.loads(cloudpickle.dumps(recorder.callback()))  # as Tuner pickles it
+    # as Tuner pickles it
+    callback = cloudpickle.loads(cloudpickle.dumps(MlflowTuneCallback(recorder)))
     trials = [FakeTrial(f"t_{i:05d}", {"lr": 10.0 ** -(i + 3), "epochs": 2}) for i in range(3)]
     run_trial(callback, trials[0])
     run_trial(callback, trials[1])
@@ -228,7 +229,7 @@ def test_frontier_marks_the_selected_alpha_zero_shot_and_both_soups(tmp_path: Pa
 
 def test_resume_reuses_parent_and_children(client: MlflowClient, tmp_path: Path) -> None:
     recorder = start(client, tmp_path)
-    callback = recorder.callback()
+    callback = MlflowTuneCallback(recorder)
     pickled = cloudpickle.dumps(callback)  # what Tuner.restore gets back
     finished, killed = FakeTrial("t_00000", {"lr": 1e-3}), FakeTrial("t_00001", {"lr": 1e-4})
     run_trial(callback, finished)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.tune.plan import plan_trial
 from search.runspec import RunSpec
+from search.tune.plan import plan_trial
 from search.tune.trial import StudySetup
 from trainables.device import loader_workers, prefetch_factor, trial_device
 
@@ -106,8 +106,8 @@ def test_loader_workers_and_prefetch_sized_from_cpus():
 
 
 def test_actor_runner_with_two_workers_is_bad_input(capsys, tmp_path, monkeypatch):
-    from search.run import main
     from search.bench.tiny_data import write_tiny_spec
+    from search.run import main
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     spec = write_tiny_spec(tmp_path / "spec", per_class=2)
     out = tmp_path / "out"

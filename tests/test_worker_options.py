@@ -10,13 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from search.bench.tiny_data import write_tiny_spec
 from search.result import FINAL, OBJECTIVE
 from search.runspec import RunSpec
-from search.tune.trial import LocalSession, StudySetup, prepare, run_worker, setup_dict
+from search.tune.trial import (
+    LocalSession,
+    StudySetup,
+    prepare,
+    run_worker,
+    setup_dict,
+)
 from trainables.loop import default_loader, train
 from trainables.sampling import GlobalBatchSampler
-
-from search.bench.tiny_data import write_tiny_spec
 
 
 @pytest.fixture(scope="module")

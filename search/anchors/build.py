@@ -46,19 +46,31 @@ import numpy as np
 import torch
 import yaml
 
+from search.anchors.retrieval import (
+    IndexSettings,
+    embed_images,
+    embed_texts,
+    iter_shards,
+    read_table,
+    retrieve,
+    unique_candidates,
+)
+from search.runspec import RunSpec
+from trainables import files
 from trainables.data import read_pairs, read_samples
 from trainables.errors import InputError
+from trainables.models import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ClipBundle,
+    create_clip,
+    is_local_weights,
+)
 from trainables.spec import DataSpec, Split, load_spec
-from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBundle, create_clip
-
-from search.anchors.retrieval import (IndexSettings, embed_images, embed_texts, iter_shards, read_table,
-                        retrieve, unique_candidates)
-from search.runspec import RunSpec
 
 log = logging.getLogger(__name__)
 
 WORLD = "world"                     # --captioner world: the spec's own anchors.captions
-WEIGHT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
 FORMAT = 2                          # bump when the cache layout or the algorithm changes (2: root)
 COUNTS: Counter = Counter()         # embed_images, embed_texts, caption, retrieve, extract, hit
 
@@ -89,12 +101,11 @@ class AnchorSettings:
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
-    """``cache_dir``, else ``$ROBUST_SEARCH_CACHE/anchors``, else
-    ``~/.cache/robust-clip-search/anchors``."""
+    """``cache_dir``, else ``anchors/`` under :func:`trainables.files.cache_root`
+    (``$ROBUST_SEARCH_CACHE``, else ``~/.cache/robust-clip-search``)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve()
-    return Path(os.environ.get("ROBUST_SEARCH_CACHE", "~/.cache/robust-clip-search")
-                ).expanduser().resolve() / "anchors"
+    return files.cache_root().resolve() / "anchors"
 
 
 def _sha(obj: Any) -> str:
@@ -107,15 +118,9 @@ def file_digest(path: Path, root: Path) -> str:
     memo_path, memo_key = root / "digests.json", f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
     if memo_key not in memo:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        memo[memo_key] = h.hexdigest()
+        memo[memo_key] = files.sha256_file(path)
         root.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f"digests.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
+        files.atomic_write_text(memo_path, json.dumps(memo))
     return memo[memo_key]
 
 
@@ -123,16 +128,16 @@ def split_digest(split: Split, root: Path) -> str:
     """A CSV manifest's content hash with its folder; an ImageFolder's listing (name, size)."""
     if split.kind == "csv":
         return _sha([str(split.path.parent), file_digest(split.path, root)])
-    files = sorted((str(p.relative_to(split.path)), p.stat().st_size)
-                   for p in split.path.rglob("*") if p.is_file())
-    return _sha([str(split.path), files])
+    listing = sorted((str(p.relative_to(split.path)), p.stat().st_size)
+                     for p in split.path.rglob("*") if p.is_file())
+    return _sha([str(split.path), listing])
 
 
 def model_identity(model: str, pretrained: str | None, root: Path) -> str:
     """``name|sha256-of-weights`` for a local file, ``name|tag`` for a tag, ``name|random-init``."""
     if pretrained and Path(pretrained).expanduser().is_file():
         return f"{model}|{file_digest(Path(pretrained).expanduser(), root)}"
-    if pretrained and (os.sep in pretrained or pretrained.endswith(WEIGHT_EXTS)):
+    if pretrained and is_local_weights(pretrained):
         raise AnchorError(f"weights file not found: {pretrained} (pass --pretrained with an "
                           "existing file or an open_clip tag)")
     return f"{model}|{pretrained or 'random-init'}"
@@ -153,16 +158,17 @@ def extract_shards(paths: Sequence[Path], dest: Path) -> list[tuple[str, str]]:
     table = dest / "pairs.csv"
     if not table.is_file():
         COUNTS["extract"] += 1
-        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        rows = []
-        for stem, name, data, cap in iter_shards(paths):
-            (tmp / stem).mkdir(parents=True, exist_ok=True)
-            (tmp / stem / name).write_bytes(data)
-            rows.append({"path": f"{stem}/{name}", "caption": cap})
-        _write_pairs(tmp / "pairs.csv", rows)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+
+        def extract(tmp: Path) -> None:
+            rows = []
+            for stem, name, data, cap in iter_shards(paths):
+                (tmp / stem).mkdir(parents=True, exist_ok=True)
+                (tmp / stem / name).write_bytes(data)
+                rows.append({"path": f"{stem}/{name}", "caption": cap})
+            _write_pairs(tmp / "pairs.csv", rows)
+            shutil.rmtree(dest, ignore_errors=True)     # a folder left without its pairs.csv
+
+        files.atomic_write(dest, extract)
     return read_table(table)
 
 
@@ -255,28 +261,9 @@ def prepare_anchors(spec_path: Path, settings: AnchorSettings = AnchorSettings()
         log.warning("%s has no id.val: the images held out for validation at training time are "
                     "captioned and used as retrieval queries too", spec.source)
     train = sorted({p for p, _ in read_samples(spec.train, spec.classes, spec.root)})
-    clip: list[ClipBundle] = [bundle] if bundle is not None else []
-
-    def get_clip() -> ClipBundle:       # built only when an embedding is not cached
-        if not clip:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)            # a random-init model (tests) is reproducible
-                clip.append(create_clip(settings.model, settings.pretrained, "cpu"))
-        return clip[0]
-
     cap_table = _caption_table(spec, train, captioner, cap_id, train_digest, settings, root)
-    # retrieval (Eq. 4): f(x) of the training images against g(t) of the candidates' texts
-    kw = dict(batch_size=settings.batch_size, device=settings.device, workers=settings.workers,
-              progress=settings.progress)
-    emb = root / "embeddings"
-    queries = _cached(emb / f"{_sha([model_id, train_digest, 'img'])}.npy", "embed_images",
-                      lambda out: embed_images(get_clip(), train, out, **kw))
-    pairs = load_candidates()
-    texts = _cached(emb / f"{_sha([model_id, cand_digest, 'txt'])}.npy", "embed_texts",
-                    lambda out: embed_texts(get_clip(), [c for _, c in pairs], out, **kw))
-    if settings.candidate_images:
-        _cached(emb / f"{_sha([model_id, cand_digest, 'img'])}.npy", "embed_candidate_images",
-                lambda out: embed_images(get_clip(), [p for p, _ in pairs], out, **kw))
+    queries, texts, pairs = _embeddings(settings, bundle, root, model_id, train, train_digest,
+                                        cand_digest, load_candidates)
     COUNTS["retrieve"] += 1
     found = retrieve(queries, texts, settings.k, settings.index)
     chosen = unique_candidates(found.ids)
@@ -292,6 +279,35 @@ def prepare_anchors(spec_path: Path, settings: AnchorSettings = AnchorSettings()
     return _write_entry(entry, spec, cap_table, [pairs[i] for i in chosen], found, train, info)
 
 
+def _embeddings(settings: AnchorSettings, bundle: ClipBundle | None, root: Path, model_id: str,
+                train: list[str], train_digest: str, cand_digest: str,
+                load_candidates: Callable[[], list]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Retrieval's inputs (Eq. 4): f(x) of the training images (N, D), g(t) of the candidates'
+    texts (M, D), and the candidates' (path, caption) pairs; embeddings are cached by content,
+    and the CLIP is built only when one is not cached."""
+    clip: list[ClipBundle] = [bundle] if bundle is not None else []
+
+    def get_clip() -> ClipBundle:
+        if not clip:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)            # a random-init model (tests) is reproducible
+                clip.append(create_clip(settings.model, settings.pretrained, "cpu"))
+        return clip[0]
+
+    kw = dict(batch_size=settings.batch_size, device=settings.device, workers=settings.workers,
+              progress=settings.progress)
+    emb = root / "embeddings"
+    queries = _cached(emb / f"{_sha([model_id, train_digest, 'img'])}.npy", "embed_images",
+                      lambda out: embed_images(get_clip(), train, out, **kw))
+    pairs = load_candidates()
+    texts = _cached(emb / f"{_sha([model_id, cand_digest, 'txt'])}.npy", "embed_texts",
+                    lambda out: embed_texts(get_clip(), [c for _, c in pairs], out, **kw))
+    if settings.candidate_images:
+        _cached(emb / f"{_sha([model_id, cand_digest, 'img'])}.npy", "embed_candidate_images",
+                lambda out: embed_images(get_clip(), [p for p, _ in pairs], out, **kw))
+    return queries, texts, pairs
+
+
 def _write_entry(entry: Path, spec: DataSpec, cap_table: Path, retrieved: list[tuple[str, str]],
                  found: Any, train: list[str], info: dict[str, Any]) -> Path:
     """Write the cache entry into a temporary folder and rename it into place; the spec path."""
@@ -300,18 +316,21 @@ def _write_entry(entry: Path, spec: DataSpec, cap_table: Path, retrieved: list[t
     raw.setdefault("anchors", {})
     raw["anchors"]["captions"] = {"csv": str(entry / "captions.csv")}
     raw["anchors"]["retrieved"] = {"csv": str(entry / "retrieved.csv")}
-    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copyfile(cap_table, tmp / "captions.csv")
-    _write_pairs(tmp / "retrieved.csv", [{"path": p, "caption": c} for p, c in retrieved])
-    np.savez(tmp / "neighbours.npz", ids=found.ids, scores=found.scores, queries=np.array(train))
-    (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
-    (tmp / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, width=100))
-    if entry.exists():              # another process finished first: keep its entry
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, entry)
+
+    def write_entry(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        shutil.copyfile(cap_table, tmp / "captions.csv")
+        _write_pairs(tmp / "retrieved.csv", [{"path": p, "caption": c} for p, c in retrieved])
+        np.savez(tmp / "neighbours.npz", ids=found.ids, scores=found.scores,
+                 queries=np.array(train))
+        (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, width=100))
+
+    try:
+        files.atomic_write(entry, write_entry)
+    except OSError:
+        if not (entry / "spec.yaml").is_file():   # else another process finished first: keep it
+            raise
     return entry / "spec.yaml"
 
 
@@ -338,10 +357,8 @@ def _caption_table(spec: DataSpec, train: list[str], captioner: str, cap_id: str
         model = Captioner.load(captioner, settings.device, settings.max_new_tokens)
         captions = dict(zip(train, model.caption(train, settings.caption_batch_size,
                                                  settings.progress)))
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.csv")
-    _write_pairs(tmp, [{"path": p, "caption": c} for p, c in captions.items()])
-    os.replace(tmp, path)
-    return path
+    rows = [{"path": p, "caption": c} for p, c in captions.items()]
+    return files.atomic_write(path, lambda tmp: _write_pairs(tmp, rows))
 
 
 def default_device() -> str:

@@ -17,13 +17,12 @@ import os
 import sys
 from pathlib import Path
 
-from trainables.data import DataError
-from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelError
-
 from search.anchors.build import AnchorError, AnchorSettings, default_device, prepare_anchors
 from search.anchors.captioning import CaptionerError
-from search.cli import fail
 from search.anchors.retrieval import INDEX_TYPES, CandidateError, IndexSettings
+from search.cli import fail
+from trainables.data import DataError
+from trainables.models import DEFAULT_MODEL, ModelError, default_pretrained
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> AnchorSettings:
     device = args.device or default_device()
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise AnchorError(f"unknown device {device!r}: use cpu or cuda")
-    pretrained = args.pretrained if args.pretrained is not None else (
-        DEFAULT_PRETRAINED if args.model == DEFAULT_MODEL else None)
+    pretrained = default_pretrained(args.model, args.pretrained)
     index = IndexSettings(args.index, nlist=args.nlist, nprobe=args.nprobe,
                           ef_search=args.ef_search, recall_sample=args.recall_sample)
     return AnchorSettings(model=args.model, pretrained=pretrained or None,

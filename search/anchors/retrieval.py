@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from trainables import files
 from trainables.data import load_image
 from trainables.errors import InputError
 from trainables.models import ClipBundle
@@ -157,16 +157,18 @@ class _Images(Dataset):
 
 def _to_memmap(out: Path, n: int, batches: Iterator[torch.Tensor]) -> np.ndarray:
     """Write (B, D) feature batches into a new (n, D) float32 ``.npy`` at ``out`` (atomically)."""
-    tmp, arr, row = out.with_name(f"{out.stem}.tmp-{os.getpid()}.npy"), None, 0
-    for feats in batches:
-        if arr is None:
-            arr = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, feats.shape[1]))
-        arr[row:row + len(feats)] = feats.float().cpu().numpy()
-        row += len(feats)
-    assert arr is not None and row == n, f"embedded {row} of {n} rows"
-    arr.flush()
-    del arr
-    os.replace(tmp, out)
+
+    def fill(tmp: Path) -> None:
+        arr, row = None, 0
+        for feats in batches:
+            if arr is None:
+                arr = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, feats.shape[1]))
+            arr[row:row + len(feats)] = feats.float().cpu().numpy()
+            row += len(feats)
+        assert arr is not None and row == n, f"embedded {row} of {n} rows"
+        arr.flush()
+
+    files.atomic_write(out, fill)
     return np.load(out, mmap_mode="r")
 
 

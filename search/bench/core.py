@@ -217,7 +217,9 @@ def _main(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str])
             if args.write:       # after every figure: a long run keeps what it measured
                 write_section(args.write, {number: blocks[number]}, _INTRO)
     finally:
-        _shutdown_ray()
+        if "ray" in sys.modules:        # never import Ray only to find it was not started
+            from search.tune.cluster import stop_ray
+            stop_ray()
         if tmp is not None:
             tmp.cleanup()
     if args.write:
@@ -239,7 +241,8 @@ def _run_check(name: str, args: argparse.Namespace, argv: list[str]) -> int:
     work = (args.work or Path(tmp.name)).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return module.run(args.quick, work, args.write, "python -m search.bench " + shlex.join(argv))
+        command = "python -m search.bench " + shlex.join(argv)
+        return module.run(args.quick, work, args.write, command)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -247,13 +250,6 @@ def _run_check(name: str, args: argparse.Namespace, argv: list[str]) -> int:
 
 _INTRO = ("Measured by `python -m search.bench` (each figure is a ratio taken within one run; "
           "re-run a figure with `--only N --write BENCHMARKS.md`).")
-
-
-def _shutdown_ray() -> None:
-    if "ray" in sys.modules:
-        import ray
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -86,10 +86,9 @@ def run_case(case: Case, spec: str, wrap: Callable[[nn.Module], nn.Module]
     """Train ``case`` with the one loop in this process's world; returns (this process's loss
     per step, the outputs of the final weights θ_ft on a fixed probe, the training-set indices
     of this process's samples at each step)."""
-    from trainables.loop import train
-
     from search.runspec import RunSpec
     from search.tune.trial import prepare
+    from trainables.loop import train
 
     setup = RunSpec(method=case.method, model=MODEL, pretrained=None, data=spec,
                     base_params=case.run_params())

@@ -3,16 +3,16 @@
 Made to run on a bare GPU machine that has torch, torchvision, timm, transformers and
 safetensors, no package registry, and the project's tree carried with the few wheels it lacks
 (``scripts/gpu-check.sh``: open_clip_torch, ftfy, wcwidth). It imports ``trainables``,
-``search.tune.trial`` and the benchmark code only, never Ray, MLflow or Optuna (checked at the end of
-the run and by the test suite), and measures:
+``search.tune.trial`` and the benchmark code only, never Ray, MLflow or Optuna (checked at the end
+of the run and by the test suite), and measures:
 
 1. the loop's training throughput (``trainables.loop.train``, FT) against a bare PyTorch loop,
    open_clip ViT-B-16, random init, bf16 autocast, batch 128: images/s and model FLOP
    utilisation (FLOPs of one forward + backward counted by ``torch.utils.flop_counter``, over the
    GPU's dense bf16 peak), with and without ``torch.compile``;
-2. one whole ``flyp`` trial of the project's worker function (``search.tune.trial.run_worker`` with a
-   :class:`~search.tune.trial.LocalSession`, no Ray) on generated 224 px JPEGs: training, per-epoch ID
-   val, WiSE selection and the report evaluation, with its time split;
+2. one whole ``flyp`` trial of the project's worker function (``search.tune.trial.run_worker``
+   with a :class:`~search.tune.trial.LocalSession`, no Ray) on generated 224 px JPEGs: training,
+   per-epoch ID val, WiSE selection and the report evaluation, with its time split;
 3. decode + preprocessing throughput of the training data path (the same JPEGs, the model's train
    transform, DataLoader workers = CPUs, pinned memory on CUDA) against the training step's
    demand (images/s of 1).
@@ -136,9 +136,9 @@ def step_flops(model_name: str, batch: int, px: int, device: torch.device) -> fl
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    from search.bench.train import CLASSNAMES
     from trainables.heads import build_classifier
     from trainables.models import create_clip
-    from search.bench.train import CLASSNAMES
 
     bundle = create_clip(model_name, pretrained=None, device=device)
     model = build_classifier(bundle.clip, bundle.tokenizer, CLASSNAMES, ["a photo of a {}."],

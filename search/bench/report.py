@@ -9,8 +9,8 @@ the same code as a search trial (``search.tune.trial.prepare`` → ``trainables.
 Paper defaults are for ViT-B/16 at batch 512 on ImageNet. The embedded tiny CLIP needs a larger
 step to move at all (docs/world.md: FT's 3e-5 does nothing, 1e-3 shows the phenomenon), so every
 method's paper learning rate (and SWA's swa_lr) is multiplied by ONE common factor,
-``LR_SCALE = 1e-3 / 3e-5``; loss weights, schedules and ratios stay the papers'. Nothing is tuned per
-method.
+``LR_SCALE = 1e-3 / 3e-5``; loss weights, schedules and ratios stay the papers'. Nothing is tuned
+per method.
 """
 from __future__ import annotations
 
@@ -26,40 +26,34 @@ from typing import Any
 
 import torch
 
-from trainables import metrics as M
-from trainables.methods import METHODS
-from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
-
 from search.anchors.build import with_anchors
 from search.result import TrialResult, decode, encode, frontier_point
 from search.runspec import RunSpec
 from search.tracking.table import format_table
 from search.tune.trial import prepare, wise_evaluation
+from trainables import metrics as M
+from trainables.methods import METHODS
+from trainables.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 LR_SCALE = 1e-3 / 3e-5
 COMMON = dict(epochs=3, batch_size=128, warmup_steps=20, weight_decay=0.1, grad_clip=1.0)
-#: Paper defaults (docs/methods.md#the-methods-report-paper-defaults-on-the-embedded-world),
-#: learning rates × LR_SCALE.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "zeroshot": {},
-    "lp": dict(lr=1e-2, weight_decay=0.0),                       # linear probe: no paper lr
-    "ft": dict(lr=3e-5 * LR_SCALE),
-    "lp-ft": dict(lr=3e-5 * LR_SCALE, lp_epochs=1, lp_lr=1e-2),
-    "l2-sp": dict(lr=3e-5 * LR_SCALE),                           # beta: Params default
-    "flyp": dict(lr=1e-5 * LR_SCALE),
-    "car-ft": dict(lr=3e-5 * LR_SCALE, car_alpha=1.0),
-    "clip-cite": dict(lr=5e-6 * LR_SCALE, lambda_scl=0.7, eta_vld=0.1),
-    "arf": dict(lr=1e-5 * LR_SCALE, w_cap=1.0, w_ret=1.0),
-    "ce-swa": dict(lr=1e-5 * LR_SCALE, weight_decay=0.0, swa_lr=1e-4 * LR_SCALE, swa_epochs=1),
-}
 ORDER = ["zeroshot", "lp", "ft", "lp-ft", "l2-sp", "flyp", "car-ft", "clip-cite", "arf", "ce-swa"]
+
+
+def defaults(method: str) -> dict[str, Any]:
+    """The report's settings for ``method``: :data:`COMMON`, then the method class's
+    ``paper_defaults`` with its paper learning rates (``paper_lrs``) times :data:`LR_SCALE`
+    (docs/methods.md#the-methods-report-paper-defaults-on-the-embedded-world)."""
+    cls = METHODS[method]
+    paper = {k: v * LR_SCALE if k in cls.paper_lrs else v for k, v in cls.paper_defaults.items()}
+    return {**COMMON, **paper}
 
 
 def run_one(method: str, seed: int, data: str, model: str, pretrained: str | None,
             wise_grid: tuple[float, ...] = tuple(i / 10 for i in range(11))) -> TrialResult:
     """Train ``method`` once at its defaults; its WiSE result (``timings`` adds ``train_s``)."""
     from trainables.loop import train
-    params = {**COMMON, **DEFAULTS[method], "seed": seed}
+    params = {**defaults(method), "seed": seed}
     # ARF: retrieved anchors, prepared once and cached
     setup = with_anchors(RunSpec(method=method, model=model, pretrained=pretrained, data=data,
                                  wise_grid=tuple(wise_grid)))
@@ -102,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="open_clip pretrained tag or a local .safetensors file")
     p.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER, metavar="METHOD",
-                   help=f"methods to train ({', '.join(ORDER)}), each at its defaults, one row (and WiSE row) each")
+                   help=f"methods to train ({', '.join(ORDER)}), each at its defaults, one row "
+                        "(and WiSE row) each")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds per method; the table shows mean ± std over them")
     p.add_argument("--output", type=Path, default=Path("runs/report"),
@@ -139,6 +134,26 @@ def _rows(methods: list[str], seeds: int, results: dict[str, TrialResult]
     return rows, spread, frontier, zeroshot
 
 
+def _run_missing(args: argparse.Namespace, raw: dict[str, dict[str, Any]], raw_path: Path
+                 ) -> None:
+    """Train every (method, seed) not yet in ``raw``, saving ``raw`` after each (resumable:
+    finished runs are kept)."""
+    for method in args.methods:
+        seeds = [0] if METHODS[method].trains_nothing else args.seeds
+        for seed in seeds:
+            key = f"{method}/seed{seed}"
+            if key in raw:
+                continue
+            t0 = time.perf_counter()
+            result = run_one(method, seed, str(args.data), args.model, args.pretrained,
+                             tuple(args.wise_grid))
+            raw[key] = encode(result)
+            print(f"{key}: ID test {result.finetuned[M.ID_TEST]:.1f}, shift "
+                  f"{result.finetuned.get(M.OOD_AVG, float('nan')):.1f}, WiSE α "
+                  f"{result.alpha:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            raw_path.write_text(json.dumps(raw, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -150,20 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     raw_path = args.output / "results.json"
     raw: dict[str, dict[str, Any]] = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     started = time.perf_counter()
-    for method in args.methods:
-        seeds = [0] if METHODS[method].trains_nothing else args.seeds
-        for seed in seeds:
-            key = f"{method}/seed{seed}"
-            if key in raw or args.table_only:   # resumable: finished runs are kept
-                continue
-            t0 = time.perf_counter()
-            result = run_one(method, seed, str(args.data), args.model, args.pretrained,
-                             tuple(args.wise_grid))
-            raw[key] = encode(result)
-            print(f"{key}: ID test {result.finetuned[M.ID_TEST]:.1f}, shift "
-                  f"{result.finetuned.get(M.OOD_AVG, float('nan')):.1f}, WiSE α "
-                  f"{result.alpha:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)
-            raw_path.write_text(json.dumps(raw, indent=1))
+    if not args.table_only:
+        _run_missing(args, raw, raw_path)
     rows, spread, frontier, zeroshot = _rows(args.methods, len(args.seeds),
                                              {k: decode(v) for k, v in raw.items()})
     table = format_table(rows, spread, markdown=True)

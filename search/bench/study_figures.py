@@ -7,10 +7,10 @@ worker group (``--worker-group``), and splits each wall time into trial compute 
 (process start-up, building model and data, reports, checkpoints: Tune's ``time_total_s`` minus
 compute), time in Tune outside the trainables, and the study's fixed cost (Ray start, driver
 set-up and zero-shot evaluation, MLflow, soups). Figure 4 runs the project's Tune wiring
-(``search.tune.tuner.make_tuner`` over ``run_trial``) with random + FIFO, TPE + FIFO (the sampler's own
-effect) and TPE + ASHA on the same seeds and budgets, at budgets where TPE models (16 trials: 4
-random start-up trials, then 12 model-based), and reads every reported row of the result grids.
-Figure 6 times the README command in a subprocess.
+(``search.tune.tuner.make_tuner`` over ``run_trial``) with random + FIFO, TPE + FIFO (the
+sampler's own effect) and TPE + ASHA on the same seeds and budgets, at budgets where TPE models
+(16 trials: 4 random start-up trials, then 12 model-based), and reads every reported row of the
+result grids. Figure 6 times the README command in a subprocess.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from search.bench.core import REPO, Bench, Figure, Target, _shutdown_ray
+from search.bench.core import REPO, Bench, Figure, Target
 
 COMPUTE_KEYS = ("time/epoch_train_s", "time/epoch_eval_s", "time/wise_select_s",
                 "time/report_eval_s")
@@ -133,9 +133,10 @@ def _timed_study(bench: Bench, output: Path, flags: list[str]) -> OverheadRun:
     """Run figure 2's study once (``flags``: extra CLI flags) and time its phases: the study's
     own (:attr:`search.study.Study.phases`), and the Tune callback's MLflow logging (its public
     Ray ``Callback`` hooks, timed from outside)."""
+    import search.tune.cluster as ray_setup
     from search.tracking.callback import MlflowTuneCallback
     method, space, n, overrides = OVERHEAD[bench.quick]
-    _shutdown_ray()                     # each study starts the Ray its mode needs
+    ray_setup.stop_ray()           # each study starts the Ray its mode needs
     t: dict[str, float] = {}
     start = time.perf_counter()
     with ExitStack() as stack:
@@ -327,7 +328,8 @@ def quickstart(bench: Bench) -> Figure:
     if bench.quick:
         fig.notes.append("Skipped in --quick.")
         return fig
-    _shutdown_ray()                   # the command starts its own Ray
+    from search.tune.cluster import stop_ray
+    stop_ray()                        # the command starts its own Ray
     bench.data()                      # the warm case: the world already in the cache
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cases: list[tuple[str, dict[str, str]]] = [

@@ -141,10 +141,10 @@ def _bare(model: nn.Module, trains: Callable[[str], bool], dataset: Dataset,
 
 def compare_loops(case: ThroughputCase) -> tuple[list[float], list[float]]:
     """Per-round seconds per step of (ours, bare), alternating which loop runs first."""
+    from trainables.config import TrainConfig
     from trainables.heads import build_classifier
     from trainables.methods import MethodContext, get_method_class
-    from trainables.config import TrainConfig
-    from trainables.models import create_clip, logit_scale
+    from trainables.models import create_clip
     device = torch.device(case.device)
     torch.manual_seed(0)
     bundle = create_clip(case.model, pretrained=None, device=device)
@@ -152,7 +152,7 @@ def compare_loops(case: ThroughputCase) -> tuple[list[float], list[float]]:
                              device)
     method = get_method_class("ft")(None, TrainConfig())
     ctx = MethodContext(CLASSNAMES, ["a photo of a {}."], ["a photo of a {}."], bundle.tokenizer,
-                        device, float(logit_scale(bundle.clip).detach()))
+                        device, float(bundle.clip.logit_scale.detach().exp()))
     n = case.batch * (case.warmup + case.timed)
     gen = torch.Generator().manual_seed(0)
     dataset = TensorDataset(torch.randn(n, 3, case.image_size, case.image_size, generator=gen),
@@ -224,8 +224,8 @@ def _spec_with_retrieved(spec: Path, work: Path) -> Path:
 
 def memory(bench: Bench) -> Figure:
     """Figure 5: peak training memory of every method relative to FT (one subprocess each)."""
-    from trainables.methods import METHODS
     from search.bench.report import ORDER
+    from trainables.methods import METHODS
     methods = [m for m in ORDER if m in METHODS and not METHODS[m].trains_nothing and
                (not bench.quick or m in QUICK_MEMORY_METHODS)]
     batch, steps = 128, 3
@@ -264,8 +264,8 @@ def memory(bench: Bench) -> Figure:
                                   None if bench.quick else results[worst]["peak_mb"] <= 1.3 * ft))
     fig.notes.append(f"{bench.model} ({'pretrained' if bench.pretrained else 'random init'}), "
                      f"batch {batch}, {steps} steps, paper-default hyperparameters "
-                     "(search.report.DEFAULTS); one fresh process per method; the increase is "
-                     "measured from after imports to the end of training, so it includes the "
+                     "(search.bench.report.defaults); one fresh process per method; the increase "
+                     "is measured from after imports to the end of training, so it includes the "
                      "model, the frozen reference, gradients, AdamW state and activations. ARF "
                      "draws two anchor batches of the same size beside each task batch.")
     return fig
@@ -297,19 +297,19 @@ def _peak_rss_kb() -> int:
 
 
 def _memory_worker(args: argparse.Namespace) -> dict[str, float]:
-    from trainables.data import LabeledImages
-    from trainables.spec import load_spec
-    from trainables.loop import train
-    from search.bench.report import COMMON, DEFAULTS
+    from search.bench.report import defaults
     from search.runspec import RunSpec
     from search.tune.trial import prepare
+    from trainables.data import LabeledImages
+    from trainables.loop import train
+    from trainables.spec import load_spec
     torch.set_num_threads(os.cpu_count() or 1)
     device = torch.device(args.device)
     load_spec(args.data)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     base_kb = _reset_peak_rss()
-    params = {**COMMON, **DEFAULTS[args.method], "epochs": 1, "batch_size": args.batch,
+    params = {**defaults(args.method), "epochs": 1, "batch_size": args.batch,
               "warmup_steps": 0, "max_steps_per_epoch": args.steps, "seed": 0}
     setup = RunSpec(method=args.method, model=args.model, pretrained=args.pretrained,
                     data=str(args.data))

@@ -1,25 +1,24 @@
 """Benchmark figure 3: the WiSE mixing search, 11-point grid against golden-section search.
 
-Each (method, seed) is trained once the way ``search.report.run_one`` trains it (paper defaults,
-``search.tune.trial.prepare`` → ``trainables.loop.train``), with a capped number of steps so the figure
-stays short; then both strategies of :func:`search.selection.select_alpha` search α on ID val for
-the same θ_zs and θ_ft. ID val is loaded once before timing, so both strategies pay only the
-interpolation and the image-tower passes.
+Each (method, seed) is trained once the way ``search.bench.report.run_one`` trains it (paper
+defaults, ``search.tune.trial.prepare`` → ``trainables.loop.train``), with a capped number of
+steps so the figure stays short; then both strategies of :func:`search.selection.select_alpha`
+search α on ID val for the same θ_zs and θ_ft. ID val is loaded once before timing, so both
+strategies pay only the interpolation and the image-tower passes.
 """
 from __future__ import annotations
 
 import statistics
 import time
 
+from search.bench.core import Bench, Figure, Target
+from search.bench.report import defaults
+from search.runspec import RunSpec
+from search.selection import select_alpha
+from search.tune.trial import prepare
 from trainables import metrics as M
 from trainables.evaluate import SELECTION
 from trainables.wise import interpolate
-
-from search.bench.core import Bench, Figure, Target
-from search.bench.report import COMMON, DEFAULTS
-from search.selection import select_alpha
-from search.runspec import RunSpec
-from search.tune.trial import prepare
 
 GRID = [round(i / 10, 1) for i in range(11)]
 GOLDEN_EVALUATIONS = 6
@@ -64,7 +63,7 @@ def wise_search(bench: Bench) -> Figure:
         setup = with_anchors(RunSpec(method=method, model=bench.model,
                                      pretrained=bench.pretrained, data=str(bench.data())))
         for seed in preset["seeds"]:
-            params = {**COMMON, **DEFAULTS[method], **preset["params"], "seed": seed}
+            params = {**defaults(method), **preset["params"], "seed": seed}
             rows.append((method, seed, compare(setup, params)))
     fig = Figure(3, "WiSE α search: 11-point grid vs golden-section search (ID val)",
                  ["method", "seed", "grid α", "grid ID val", "golden α", "golden ID val",

@@ -1,8 +1,8 @@
 """The Ray Tune side of the MLflow record: one nested child run per Tune trial.
 
-Kept apart from :mod:`search.tracking.recorder` (the MLflow client side) because it is a Ray ``Callback``.
-It is pickled into Tune's ``tuner.pkl`` (``Tuner.restore`` re-uses it), so it holds only the
-tracking URI and run ids and opens its client lazily.
+Kept apart from :mod:`search.tracking.recorder` (the MLflow client side) because it is a Ray
+``Callback``. It is pickled into Tune's ``tuner.pkl`` (``Tuner.restore`` re-uses it), so it holds
+only the tracking URI and run ids and opens its client lazily.
 """
 from __future__ import annotations
 
@@ -12,11 +12,25 @@ from typing import Any, Mapping
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from search.tracking.plots import trial_frontier_png, wise_curve_png
 from search.result import TrialResult, decode, is_final
-from search.tracking.names import curve_table, tracked, trial_run_name
-from search.tracking.recorder import (KIND_TAG, MAX_TAG_CHARS, PARENT_TAG, STUDY_TAG, TRIAL_TAG,
-                       StudyRecorder, _log_metrics, _log_params, _log_png, _search)
+from search.tracking.names import (
+    curve_table,
+    tracked,
+    trial_run_name,
+)
+from search.tracking.plots import trial_frontier_png, wise_curve_png
+from search.tracking.recorder import (
+    KIND_TAG,
+    MAX_TAG_CHARS,
+    PARENT_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    StudyRecorder,
+    _log_metrics,
+    _log_params,
+    _log_png,
+    _search,
+)
 
 
 class MlflowTuneCallback(Callback):
@@ -47,12 +61,14 @@ class MlflowTuneCallback(Callback):
         self.zeroshot = dict(zeroshot or {})
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
+        self.number_offset = 0      # trials of a study's earlier experiments (search.experiments)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_runs": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"trial_defaults": {}, "zeroshot": {}, **state})  # older pickles
+        self.__dict__.update({"trial_defaults": {}, "zeroshot": {}, "number_offset": 0,
+                              **state})  # older pickles
 
     @property
     def client(self) -> MlflowClient:
@@ -87,7 +103,7 @@ class MlflowTuneCallback(Callback):
         # Tune numbers its trials in experiment_tag ("3_lr=0.0006,..."); its trial id is a hash
         number = str(getattr(trial, "experiment_tag", "")).partition("_")[0]
         return trial_run_name(str(trial.trial_id), dict(trial.config), alpha,
-                              int(number) if number.isdigit() else None)
+                              int(number) + self.number_offset if number.isdigit() else None)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         _log_params(self.client, self.run_id(trial), {**self.trial_defaults, **trial.config})

@@ -1,7 +1,7 @@
 """How a Tune result is named in MLflow: one metric namespace for study and trial runs, the WiSE
 curve as a table, readable trial run names. Pure functions over result dicts (no MLflow client),
-shared by :mod:`search.tracking.recorder` (study run), :mod:`search.tracking.callback` (trial runs) and
-:mod:`search.report`."""
+shared by :mod:`search.tracking.recorder` (study run), :mod:`search.tracking.callback` (trial runs)
+and :mod:`search.bench.report`."""
 from __future__ import annotations
 
 import numbers
@@ -10,9 +10,9 @@ from typing import Any, Mapping
 
 from ray.tune.utils import flatten_dict
 
+from search.result import ALPHA, CURVE_PREFIX, EVALUATIONS, FINAL, OBJECTIVE, decode
 from trainables import metrics as M
 
-from search.result import ALPHA, CURVE_PREFIX, EVALUATIONS, FINAL, OBJECTIVE, decode
 #: Ray's bookkeeping keys in a result (ray.tune.result.AUTO_RESULT_KEYS and friends): not metrics
 BOOKKEEPING = frozenset({
     "done", "trial_id", "experiment_id", "experiment_tag", "date", "timestamp", "hostname",

@@ -2,7 +2,8 @@
 
 A WiSE curve is ``{alpha: {metric: value}}`` (metric names from :mod:`trainables.metrics`). The x
 axis is the mean OOD accuracy ``ood/avg_acc``; the y axis the ID accuracy, ``id_test/acc`` when the
-curve has it (the report's number), else ``id_val/acc``. Accuracies are percentages (as trainables.evaluate reports them).
+curve has it (the report's number), else ``id_val/acc``. Accuracies are percentages (as
+trainables.evaluate reports them).
 """
 from __future__ import annotations
 
@@ -112,7 +113,8 @@ def frontier_data(trials: Sequence[Mapping[str, Any]],
         chosen = [p for p in points if selected is not None
                   and round(p[0], 4) == round(float(selected), 4)]
         metrics = t.get("metrics") or {}
-        curves.append({"trial_id": str(t.get("trial_id", f"trial {i}")), "best": bool(t.get("best")),
+        curves.append({"trial_id": str(t.get("trial_id", f"trial {i}")),
+                       "best": bool(t.get("best")),
                        "points": points, "selected": chosen[0] if chosen else None,
                        "ft": _pair(metrics, "ft/", ID_TEST),
                        "wise": _pair(metrics, "wise/", ID_TEST)})
@@ -145,7 +147,8 @@ def study_frontier_png(trials: Sequence[Mapping[str, Any]], path: str | Path,
     for i, c in enumerate(data["selection"]):
         color = ("crimson" if c["best"] else cmap(i / max(1, len(data["selection"]) - 1))) if many \
             else cmap(i % 10)
-        label = None if many and not c["best"] else c["trial_id"] + (" (chosen)" if c["best"] else "")
+        chosen = " (chosen)" if c["best"] else ""
+        label = None if many and not c["best"] else c["trial_id"] + chosen
         if c["points"]:
             _, xs, ys = zip(*c["points"])
             sel.plot(xs, ys, "-o", color=color, markersize=3, linewidth=2.5 if c["best"] else 1,
@@ -187,8 +190,8 @@ def study_frontier_png(trials: Sequence[Mapping[str, Any]], path: str | Path,
 
 def wise_curve_png(table: Mapping[str, Sequence[float]], selected_alpha: float | None,
                    path: str | Path, title: str = "WiSE-FT curve") -> Path | None:
-    """A trial's WiSE table (:func:`search.tracking.names.curve_table`) against α: ID val (what selects
-    α), each OOD set and their mean; α* as a vertical line."""
+    """A trial's WiSE table (:func:`search.tracking.names.curve_table`) against α: ID val (what
+    selects α), each OOD set and their mean; α* as a vertical line."""
     alphas = list(table.get("alpha", []))
     if not alphas:
         return None

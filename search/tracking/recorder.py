@@ -5,8 +5,8 @@ never MLflow's fluent global state, so a sqlite store sees a single writer. Runs
 tag (parent: ``study_name`` + ``run_kind=study``; child: ``mlflow.parentRunId`` + ``trial_id``), so
 a resumed study re-opens its parent and its trials' children instead of duplicating them.
 
-:mod:`search.tracking.callback` records the trials (a Ray ``Callback``); :mod:`search.tracking.registry`
-logs and registers the chosen model.
+:mod:`search.tracking.callback` records the trials (a Ray ``Callback``);
+:mod:`search.tracking.registry` logs and registers the chosen model.
 """
 from __future__ import annotations
 
@@ -24,12 +24,11 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from trainables import metrics as M
-from trainables.errors import InputError
-
 from search.result import TrialRecord, encode, frontier_point
 from search.tracking.names import _flatten, _key, metrics_of, tracked
 from search.tracking.plots import study_frontier_png
+from trainables import metrics as M
+from trainables.errors import InputError
 
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study_name", "trial_id", "run_kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -152,11 +151,11 @@ def trial_defaults(resolved_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _log_dataset(client: MlflowClient, run_id: str, spec: Path) -> None:
     """The data spec (a file or a generated folder) as the run's MLflow dataset input."""
+    import warnings
+
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
-
-    import warnings
     # a local path resolves to MLflow's "local" dataset source; MLflow warns that a path could
     # also be read by other (here: unused) registered sources, and picks the local one
     with warnings.catch_warnings():
@@ -264,12 +263,6 @@ class StudyRecorder:
             self.client.set_tag(run.info.run_id, "killed",
                                 "left RUNNING by a killed driver; closed when the study resumed")
             self.client.set_terminated(run.info.run_id, "KILLED")
-
-    def callback(self) -> Any:
-        """The Tune callback that records this study's trials as nested runs
-        (:class:`search.tracking.callback.MlflowTuneCallback`)."""
-        from search.tracking.callback import MlflowTuneCallback
-        return MlflowTuneCallback(self)
 
     def finish(self, best: TrialRecord | None, table: Mapping[str, Mapping[str, float]],
                frontier: Sequence[TrialRecord], soups: Mapping[str, Mapping[str, Any]],

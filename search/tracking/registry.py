@@ -23,7 +23,6 @@ def log_model(tracking_uri: str, run_id: str, folder: Path, register_as: str | N
     for it and closed again (FINISHED)."""
     import io
 
-    import clipmodel
     import mlflow
     import numpy as np
     import open_clip
@@ -35,6 +34,8 @@ def log_model(tracking_uri: str, run_id: str, folder: Path, register_as: str | N
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
     from mlflow.types.schema import Array, ColSpec, Schema
+
+    import clipmodel
     from clipmodel.pyfunc import ARTIFACT
 
     package = Path(clipmodel.__file__).parent

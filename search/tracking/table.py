@@ -9,7 +9,8 @@ def columns(rows: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
     """(metric key, short header) for every metric present in any row, in paper order."""
     keys = {k for r in rows.values() for k in r}
     ordered: list[tuple[str, str]] = [(M.ID_VAL, "ID val"), (M.ID_TEST, "ID test")]
-    ordered += [(k, k.split("/")[1]) for k in sorted(keys) if k.startswith("ood/") and k != M.OOD_AVG]
+    ordered += [(k, k.split("/")[1]) for k in sorted(keys)
+                if k.startswith("ood/") and k != M.OOD_AVG]
     ordered.append((M.OOD_AVG, "avg shift"))
     ordered += [(k, k.split("/")[1]) for k in sorted(keys)
                 if k.startswith("zeroshot/") and k != M.ZEROSHOT_AVG]
@@ -18,7 +19,8 @@ def columns(rows: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
     return [(k, h) for k, h in ordered if k in keys]
 
 
-def format_table(rows: dict[str, dict[str, float]], spread: dict[str, dict[str, float]] | None = None,
+def format_table(rows: dict[str, dict[str, float]],
+                 spread: dict[str, dict[str, float]] | None = None,
                  markdown: bool = False) -> str:
     """Rows of accuracies (%) as an aligned text table, or a Markdown table; ``spread`` adds ±."""
     cols = columns(rows)

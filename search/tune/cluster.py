@@ -6,7 +6,6 @@ writing a marker file and looking for it from every node, and refuses a sqlite t
 """
 from __future__ import annotations
 
-import math
 import os
 import uuid
 from pathlib import Path
@@ -14,9 +13,8 @@ from typing import Callable
 
 import ray
 
-from trainables.errors import InputError
-
 from search.tune.trial import StudySetup
+from trainables.errors import InputError
 
 
 class ResourceError(InputError):
@@ -123,31 +121,10 @@ def check_cluster(storage_path: str, tracking_uri: str | None,
                            "an MLflow server (--tracking-uri http://HOST:PORT)")
 
 
-def derive_max_concurrent(setup: StudySetup, cpus: float, gpus: float,
-                          num_samples: int | None = None) -> int:
-    """How many trials fit at once on ``cpus`` CPUs and ``gpus`` GPUs: each takes
-    ``StudySetup.trial_resources`` (with a worker group, +1 CPU for Tune's trial actor;
-    fractional GPUs pack several small trials on one GPU); at least 1, at most ``num_samples``."""
-    per_cpu, per_gpu = setup.trial_resources["CPU"], setup.trial_resources["GPU"]
-    fits = math.floor(cpus / per_cpu + 1e-9)
-    if per_gpu > 0:
-        fits = min(fits, math.floor(gpus / per_gpu + 1e-9))
-    return max(1, min(fits, num_samples or fits))
-
-
-def cluster_max_concurrent(address: str | None, setup: StudySetup,
-                           num_samples: int | None = None) -> int:
-    """:func:`derive_max_concurrent` over the joined cluster's resources (``address``: call
-    :func:`init_ray` first), or this machine's cores and CUDA devices for a local Ray."""
-    if address:
-        if not ray.is_initialized():
-            raise RuntimeError("join the cluster with init_ray() before deriving concurrency")
-        total = ray.cluster_resources()
-        return derive_max_concurrent(setup, total.get("CPU", 0), total.get("GPU", 0),
-                                     num_samples)
-    import torch
-    return derive_max_concurrent(setup, float(os.cpu_count() or 1),
-                                 float(torch.cuda.device_count()), num_samples)
+def stop_ray() -> None:
+    """Shut down the Ray this process started or joined; nothing when there is none."""
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def check_machine(setup: StudySetup) -> None:

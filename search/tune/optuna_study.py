@@ -27,9 +27,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.errors import InputError
-
 from search.result import FINAL
+from trainables.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -23,23 +23,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from search.result import OBJECTIVE, TrialResult, encode
+from search.runspec import RunSpec
+from search.selection import select_alpha
+from search.tune import faults
+from search.tune.plan import TrialPlan, plan_trial
 from trainables import metrics as M
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrainConfig, split_config
 from trainables.data import TaskData, build_task_data
 from trainables.device import loader_workers
-from trainables.spec import load_spec
 from trainables.evaluate import SELECTION, Evaluator
 from trainables.heads import build_classifier
 from trainables.methods import Method, MethodContext, get_method_class
-from trainables.models import ClipBundle, create_clip, logit_scale
+from trainables.models import ClipBundle, create_clip
+from trainables.spec import load_spec
 from trainables.wise import interpolate
-
-from search.result import OBJECTIVE, TrialResult, encode
-from search.runspec import RunSpec
-from search.tune import faults
-from search.tune.plan import TrialPlan, plan_trial
-from search.selection import select_alpha
 
 #: set (to 1) by ``search.run --verbose``: workers keep the libraries' INFO lines too
 VERBOSE_ENV = "ROBUST_SEARCH_VERBOSE"
@@ -62,9 +61,9 @@ class StudySetup:
 
     @property
     def plan(self) -> TrialPlan:
-        """Where this study's trials train and what each reserves (:func:`search.tune.plan.plan_trial`):
-        by default a one-worker CPU trial in the reused Tune trial actor, every trial with a GPU
-        or several workers in a Ray Train worker group."""
+        """Where this study's trials train and what each reserves
+        (:func:`search.tune.plan.plan_trial`): by default a one-worker CPU trial in the reused Tune
+        trial actor, every trial with a GPU or several workers in a Ray Train worker group."""
         return plan_trial(self.trial_runner, self.workers_per_trial, self.cpus_per_worker,
                           self.gpus_per_worker, self.max_failures)
 
@@ -110,7 +109,7 @@ def prepare(setup: RunSpec, params: dict[str, Any], device: torch.device | str =
     method = cls(method_params, train_cfg)
     torch.manual_seed(train_cfg.seed)   # a random-init model (tests, from-scratch) is seeded too
     bundle = create_clip(setup.model, setup.pretrained, device)
-    if train_cfg.grad_checkpointing:    # recompute activations in backward: less memory, ~30% slower
+    if train_cfg.grad_checkpointing:  # recompute activations in backward: less memory, ~30% slower
         bundle.clip.set_grad_checkpointing(True)
     spec = load_spec(setup.data)
     data = build_task_data(spec, bundle.preprocess_train, bundle.preprocess_val,
@@ -123,7 +122,7 @@ def prepare(setup: RunSpec, params: dict[str, Any], device: torch.device | str =
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     ctx = MethodContext(classnames=list(spec.classes), templates=list(spec.templates),
                         context_templates=list(spec.context_templates), tokenizer=bundle.tokenizer,
-                        device=device, zs_logit_scale=float(logit_scale(bundle.clip).detach()),
+                        device=device, zs_logit_scale=float(bundle.clip.logit_scale.detach().exp()),
                         reference=reference)
     evaluator = Evaluator(data, bundle.tokenizer, device, batch_size=setup.eval_batch_size,
                           num_workers=loader_workers(train_cfg.num_workers,
@@ -131,10 +130,12 @@ def prepare(setup: RunSpec, params: dict[str, Any], device: torch.device | str =
     return RunParts(bundle, method, train_cfg, model, theta_zs, ctx, data, evaluator)
 
 
-def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: RunSpec
-                    ) -> TrialResult:
+def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: RunSpec,
+                    label: str = "WiSE") -> TrialResult:
     """Select α on ID val, then evaluate for reporting (the report sets at α = 1 and α*, the
-    OOD sets along the curve)."""
+    OOD sets along the curve). ``label`` names the model in the progress lines
+    (:mod:`search.progress`)."""
+    from search.progress import bar
     model, method, evaluator = parts.model, parts.method, parts.evaluator
     keys = method.trained_names(model)
 
@@ -142,26 +143,37 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: R
         model.load_state_dict(interpolate(parts.theta_zs, theta_ft, alpha, keys))
         return model
 
+    budget = len(setup.wise_grid) if setup.wise_strategy == "grid" else setup.wise_evaluations
+    progress = bar(f"{label}: WiSE α search on ID val", budget, "α")
+
     def id_val_at(alpha: float) -> float:
-        return evaluator.evaluate(load(alpha), method, SELECTION)[M.ID_VAL]
+        value = evaluator.evaluate(load(alpha), method, SELECTION)[M.ID_VAL]
+        progress.update()
+        return value
 
     start = time.perf_counter()
-    alpha, curve = select_alpha(id_val_at, setup.wise_strategy, list(setup.wise_grid),
-                                setup.wise_evaluations)
+    with progress:
+        alpha, curve = select_alpha(id_val_at, setup.wise_strategy, list(setup.wise_grid),
+                                    setup.wise_evaluations)
     select_s = time.perf_counter() - start
     # Reporting only, after selection: OOD along the curve (frontier plot), everything at α=1, α*.
     ood_sets = [k for k, s in evaluator.sets.items() if s.kind == "ood"]
     ood_at: dict[float, dict[str, float]] = {}   # α -> OOD metrics, reused by the final report
     rows = []
+    progress = bar(f"{label}: report sets along the curve, at α=1 and α*",
+                   (len(curve) if ood_sets else 0) + 2, "pass")
     for a, id_val in sorted(curve.items()):
         if ood_sets:
             ood_at[a] = evaluator.evaluate(load(a), method, ood_sets)
+            progress.update()
         rows.append((a, {M.ID_VAL: id_val, **ood_at.get(a, {})}))
     at: dict[float, dict[str, float]] = {}       # 1.0 and α*: every report set
     for a in (1.0, alpha):
         known = ood_at.get(round(a, 4), {})   # same weights, same images: no second pass
         sets = [k for k in evaluator.report_sets if not (known and k in ood_sets)]
         at[a] = {**known, **evaluator.evaluate(load(a), method, sets)}
+        progress.update()
+    progress.close()
     model.load_state_dict(theta_ft)
     return TrialResult(objective=curve[alpha], alpha=alpha, finetuned=at[1.0], wise=at[alpha],
                        curve=tuple(rows), evaluations=len(curve), timings={
@@ -302,7 +314,8 @@ def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
     if rank != 0:
         reporter.report({M.EPOCH: epoch}, None)
         return
-    result = wise_evaluation(parts, theta_ft, setup.run)
+    result = wise_evaluation(parts, theta_ft, setup.run,
+                             label=loop_config["run_name"].replace("train-", "trial "))
     reporter.report(encode(replace(result, epoch=epoch)), theta_ft)
 
 

@@ -1,12 +1,13 @@
 """The Tune wiring, in one place.
 
 Each Tune trial runs :func:`run_trial`, a function trainable, as its plan says
-(:func:`search.tune.plan.plan_trial`). A trial with a GPU or several workers (DDP), or any trial with
-``--trial-runner worker-group``, builds a ``TorchTrainer`` over :func:`search.tune.trial.train_worker`
-and calls ``fit()`` (Ray 2.60's Train-in-Tune pattern): ``TuneReportCallback`` forwards the
-workers' reports (metrics + checkpoint path) to Tune. A one-worker CPU trial runs the same worker
-function in the trial actor as a plain Tune function trainable, reporting to Tune's session, and
-the actor is reused by the next trial (BENCHMARKS.md, figure 2: 20-60 s less per trial here).
+(:func:`search.tune.plan.plan_trial`). A trial with a GPU or several workers (DDP), or any trial
+with ``--trial-runner worker-group``, builds a ``TorchTrainer`` over
+:func:`search.tune.trial.train_worker` and calls ``fit()`` (Ray 2.60's Train-in-Tune pattern):
+``TuneReportCallback`` forwards the workers' reports (metrics + checkpoint path) to Tune. A
+one-worker CPU trial runs the same worker function in the trial actor as a plain Tune function
+trainable, reporting to Tune's session, and the actor is reused by the next trial (BENCHMARKS.md,
+figure 2: 20-60 s less per trial here).
 OptunaSearch (TPE or random, seeded, its named study persisted by :mod:`search.tune.optuna_study`)
 proposes the configurations; ASHA prunes on the per-epoch ID-val objective, which the TuneConfig
 names.
@@ -24,6 +25,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.space import startup_trials
+from search.tune import console
+from search.tune.console import progress_reporter
 from search.tune.trial import OBJECTIVE, StudySetup, setup_dict, train_worker
 
 log = logging.getLogger(__name__)
@@ -84,17 +87,23 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
                sampler: str, seed: int, scheduler: str, grace_period: int,
                reduction_factor: float, num_samples: int, max_concurrent_trials: int,
                callbacks: list, storage_path: Path, n_startup_trials: int | None = None,
-               multivariate: bool = False, optuna_storage: str | None = None) -> tune.Tuner:
-    """A Tuner over :func:`run_trial`; results and trial checkpoints live under storage_path,
-    the Optuna study in ``optuna_storage`` (a URL; None: in memory). ``n_startup_trials``:
-    TPE's random start-up trials (None: :func:`search.space.startup_trials` of num_samples)."""
+               multivariate: bool = False, optuna_storage: str | None = None,
+               experiment_name: str | None = None, study_budget: int | None = None
+               ) -> tune.Tuner:
+    """A Tuner over :func:`run_trial`; results and trial checkpoints live under
+    storage_path/experiment_name (default: the study's name; a study's extension is a further
+    experiment, :mod:`search.experiments`), the Optuna study ``study_name`` in ``optuna_storage``
+    (a URL; None: in memory). ``n_startup_trials``: TPE's random start-up trials (None:
+    :func:`search.space.startup_trials` of num_samples). ``study_budget``: the whole study's
+    trials when this experiment extends it (default ``num_samples``)."""
     setup = replace(setup, storage_path=str(storage_path))
     trainable = make_trainable(setup)
     plan = setup.plan
     n_startup_trials = startup_trials(n_startup_trials, num_samples)
-    if sampler == "tpe" and param_space and num_samples <= n_startup_trials:
+    budget = study_budget or num_samples
+    if sampler == "tpe" and param_space and budget <= n_startup_trials:
         log.warning("num_samples %d <= n_startup_trials %d: every TPE trial is random; raise "
-                    "num_samples or lower search.n_startup_trials", num_samples, n_startup_trials)
+                    "num_samples or lower search.n_startup_trials", budget, n_startup_trials)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -117,7 +126,8 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
             # *next* trial ("Could not re-use actor"; BENCHMARKS.md figure 2).
             reuse_actors=plan.reuse_actors),
         run_config=tune.RunConfig(
-            name=study_name, storage_path=str(storage_path), callbacks=callbacks,
+            name=experiment_name or study_name, storage_path=str(storage_path),
+            callbacks=callbacks,
             # Tune restarts a failed trial in both modes: in the trial actor, from the checkpoint
             # Tune holds; a worker group's driver (crashed, or its Train run out of retries)
             # starts the same-named Train run again, which resumes from Train's checkpoint. So a
@@ -126,7 +136,8 @@ def make_tuner(setup: StudySetup, param_space: dict[str, Any], *, study_name: st
                                               fail_fast=False),
             # Tune holds the checkpoints only of trials that train in the trial actor
             checkpoint_config=tune.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
-            verbose=1),
+            # a status table every 30 s with the objective and ID val, no per-trial dumps
+            progress_reporter=progress_reporter(param_space), verbose=console.VERBOSE),
     )
 
 
@@ -136,6 +147,7 @@ def restore_tuner(setup: StudySetup, study_name: str, storage_path: Path) -> tun
     Ray restores the Tuner's callbacks (the MLflow callback) from the pickled run config, so the
     recorder reattaches to the same parent run."""
     setup = replace(setup, storage_path=str(storage_path))
+    console.use_legacy_output()     # the pickled run config holds the study's reporter
     return tune.Tuner.restore(str(storage_path / study_name), trainable=make_trainable(setup),
                               resume_unfinished=True, restart_errored=False)
 

@@ -115,7 +115,8 @@ def readable(name: str) -> str:
 def finish(opts: Options, *, classes: tuple[str, ...], default_templates: Any,
            train: Split, test: Split, val: Split | None = None,
            ood: dict[str, tuple[Split, Scoring]] | None = None,
-           id_scoring: Scoring = Scoring(), default_val_fraction: float = 0.02,
+           id_scoring: Scoring = Scoring(),  # noqa: B008 -- frozen, so sharing is safe
+           default_val_fraction: float = 0.02,
            context_templates: tuple[Template, ...] | None = None) -> DataSpec:
     """The DataSpec of a built benchmark, with the common options applied."""
     spec = opts.spec
