@@ -8,13 +8,15 @@ import os
 
 from search import progress
 from search.bench.tiny_data import write_tiny_spec
+from search.result import encode
+from search.runspec import RunSpec
 from search.tune.console import (
     METRIC_COLUMNS,
     NEW_OUTPUT_ENV,
     StatusTable,
     progress_reporter,
 )
-from search.tune.trial import StudySetup, prepare, wise_evaluation
+from search.tune.trial import prepare, wise_evaluation
 
 
 class _Terminal(io.StringIO):
@@ -55,15 +57,14 @@ def test_wise_evaluation_reports_its_progress(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(progress, "LINE_DELAY_S", 0.0)
     monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
     spec = write_tiny_spec(tmp_path, per_class=2)
-    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
-                       storage_path="unused", wise_grid=(0.0, 0.5, 1.0),
-                       base_params={"epochs": 1, "batch_size": 8, "warmup_steps": 0,
-                                    "seed": 0})
-    parts = prepare(setup, {})
-    result = wise_evaluation(parts, parts.method.final_state_dict(parts.model), setup,
+    run = RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
+                  wise_grid=(0.0, 0.5, 1.0),
+                  base_params={"epochs": 1, "batch_size": 8, "warmup_steps": 0, "seed": 0})
+    parts = prepare(run, {})
+    result = wise_evaluation(parts, parts.method.final_state_dict(parts.model), run,
                              label="trial 7")
     # the status table's columns of a finished trial are keys its final result holds
-    assert {"objective", "ft/id_val/acc", "wise_alpha"} <= set(result) & set(METRIC_COLUMNS)
+    assert {"objective", "ft/id_val/acc", "wise_alpha"} <= set(encode(result)) & set(METRIC_COLUMNS)
     err = capsys.readouterr().err.splitlines()
     assert "trial 7: WiSE α search on ID val: 3/3 α (100%)" in "\n".join(err)
     # the OOD set at each of the 3 curve points, then α = 1 and α*
