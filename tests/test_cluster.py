@@ -241,15 +241,7 @@ def test_two_trial_search_across_two_nodes(cluster):
         assert "wise/id_val/acc" in r.data.metrics and "ft/ood/art_painting/acc" in r.data.metrics
 
 
-def _study_passes_tracking_uri() -> bool:
-    """Whether the study's validation hands its tracking URI to init_ray (which checks it)."""
-    return any("init_ray(" in ln and "tracking" in ln
-               for ln in (ROOT / "search" / "study.py").read_text().splitlines())
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _study_passes_tracking_uri(), reason="search/study.py (the lead's) does "
-                    "not yet pass tracking_uri to init_ray, so the sqlite refusal is not wired")
 def test_sqlite_store_on_a_cluster_exits_2(cluster):
     address, _, env, work = cluster
     _pacs(work / "domainbed")
