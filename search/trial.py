@@ -64,6 +64,9 @@ class StudySetup:
     eval_batch_size: int = 256
     torch_threads: int = 0
     trial_runner: str = "auto"   # auto | actor | worker-group (search.plan)
+    report_eval: bool = True     # False: no end-of-trial reporting evaluation (OOD curve, every
+                                 # set at α = 1 and α*): only search.bench's figure 4, which
+                                 # reads the ID-val objective alone, turns it off
     base_params: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -150,6 +153,9 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: S
     out: dict[str, float] = {OBJECTIVE: curve[alpha], "wise_alpha": alpha, FINAL: 1.0,
                              "time/wise_select_s": select_s,
                              "wise_evaluations": float(len(curve))}
+    if not setup.report_eval:
+        model.load_state_dict(theta_ft)
+        return out
     # Reporting only, after selection: OOD along the curve (frontier plot), everything at α=1, α*.
     ood_sets = [k for k in evaluator.sets if k.startswith("ood/")]
     ood_at: dict[float, dict[str, float]] = {}   # α -> OOD metrics, reused by the final report
