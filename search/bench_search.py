@@ -342,7 +342,8 @@ def efficiency(bench: Bench) -> Figure:
         None if bench.quick else gap[0] >= 0))
     fig.notes.append(
         f"`{method}` with {space} on {bench.data().parent.name} ({bench.model}): {n} trials per "
-        f"arm and seed, one at a time, --set {' '.join(overrides)}"
+        f"arm and seed, one at a time on one core ({' '.join(EFFICIENCY_FLAGS)}: one torch "
+        f"thread), --set {' '.join(overrides)}"
         + (" (steps capped per epoch, α = 1 only)" if "wise.grid=[1.0]" in overrides else "")
         + "; TPE's start-up trials: the default for "
         f"{n} trials ({max(2, round(n / 4))}), univariate. With the same seed TPE's start-up "
