@@ -354,8 +354,10 @@ def efficiency(bench: Bench) -> Figure:
         "targets are judged on it, because other jobs on the shared cores inflate seconds. "
         "Seconds = Σ the trials' train + eval seconds (time/*), for comparison. Best = highest "
         "ID-val objective reported so far. Equal compute in the table = the seed's smallest "
-        "arm total in epochs. A trial's end (α = 1's ID val: the last epoch's weights again) "
-        "counts no epoch; the end-of-trial reporting evaluation (OOD and test sets) is off "
+        "arm total in epochs. A trial's end ("
+        + ("α = 1's ID val: the last epoch's weights again" if "wise.grid=[1.0]" in overrides
+           else "the WiSE α selection on ID val: its seconds count")
+        + ") counts no epoch; the end-of-trial reporting evaluation (OOD and test sets) is off "
         "(`StudySetup.report_eval`): no arm reads it.")
     fig.notes.append(
         f"Not a target, for reading the first one: epochs to come within {NEAR:g} points of "
