@@ -5,7 +5,8 @@ A folder holds::
     open_clip_config.json        {"model_cfg", "preprocess_cfg"}: open_clip's own format, so
                                  open_clip.create_model_and_transforms("local-dir:FOLDER") loads it
     <ARCH>.json                  the architecture alone: open_clip.add_model_config(FOLDER), then
-                                 create_model_and_transforms(ARCH, pretrained=FOLDER/open_clip_model.safetensors)
+                                 create_model_and_transforms(ARCH,
+                                 pretrained=FOLDER/open_clip_model.safetensors)
     open_clip_model.safetensors  the CLIP weights (open_clip's state-dict keys)
     head.safetensors             the classifier: "weight" (K, D) and "bias" (K,) for the "linear"
                                  and "cosine" heads, "class_embeddings" (K, D) for the "text" head

@@ -1,6 +1,7 @@
 """The file MLflow runs to build the pyfunc model ("models from code": the model is this code
-plus the folder artifact, nothing pickled). ``search.model_registry.log_model`` passes its path as
-``python_model``; MLflow puts the ``clipmodel`` package (``code_paths``) on ``sys.path`` first."""
+plus the folder artifact, nothing pickled). ``search.tracking.registry.log_model`` passes its
+path as ``python_model``; MLflow puts the ``clipmodel`` package (``code_paths``) on ``sys.path``
+first."""
 import mlflow
 
 from clipmodel.pyfunc import ClipClassifierModel

@@ -42,7 +42,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_help import Parser, method_names
+    from search.cli_help import Parser
     p = Parser(
         prog="python -m search.run",
         description="Search the hyperparameters and WiSE-FT mixing coefficient of a robust "
@@ -50,12 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "trial is recorded in MLflow. Selection reads ID validation data only.",
         epilog="Example: python -m search.run --method car-ft --space spaces/car.yaml "
                "--num-samples 4.  Review: mlflow ui --backend-store-uri sqlite:///OUTPUT/mlflow.db")
-    p.add_argument("--method", required=True, choices=method_names(),
+    _task_arguments(p.add_argument_group("what to search"))
+    _trial_arguments(p.add_argument_group("trials and resources"))
+    _record_arguments(p.add_argument_group("where results go"))
+    _study_arguments(p.add_argument_group("the study"))
+    _model_and_console_arguments(p.add_argument_group("the chosen model and the console"))
+    return p
+
+
+def _task_arguments(g: argparse._ArgumentGroup) -> None:
+    """The method, its space, the data and the zero-shot model."""
+    from search.cli_help import method_names
+    g.add_argument("--method", required=True, choices=method_names(),
                    help="fine-tuning method (docs/methods.md)")
-    p.add_argument("--space", type=Path,
+    g.add_argument("--space", type=Path,
                    help="search-space YAML (spaces/*.yaml); its 'method' must equal --method "
                         "(optional for zeroshot)")
-    p.add_argument("--data", type=Path,
+    g.add_argument("--data", type=Path,
                    help="dataset spec YAML: your own, or a built-in benchmark "
                         "trainables/benchmarks/specs/NAME.yaml (imagenet, domainnet, pacs, "
                         "officehome, vlcs, terraincognita, the 11 few-shot sets, iwildcam, fmow), "
@@ -63,77 +74,92 @@ def build_parser() -> argparse.ArgumentParser:
                         "trainables/benchmarks/README.md) (default: the embedded generated world, "
                         "created on first use under $ROBUST_SEARCH_CACHE or "
                         "~/.cache/robust-clip-search)")
-    p.add_argument("--model", default=None,
+    g.add_argument("--model", default=None,
                    help="open_clip architecture name (default: tiny-clip-32, the embedded CLIP)")
-    p.add_argument("--pretrained", default=None,
+    g.add_argument("--pretrained", default=None,
                    help="open_clip pretrained tag (downloaded when online) or a local "
                         ".safetensors file (default: the embedded tiny CLIP's weights)")
-    p.add_argument("--num-samples", type=int, help="number of trials (default: the space's)")
-    p.add_argument("--max-concurrent-trials", type=int,
+
+
+def _trial_arguments(g: argparse._ArgumentGroup) -> None:
+    """How many trials, and where and on what Ray runs them."""
+    g.add_argument("--num-samples", type=int, help="number of trials (default: the space's)")
+    g.add_argument("--max-concurrent-trials", type=int,
                    help="trials running at once (default: the space's, else 1)")
-    p.add_argument("--workers-per-trial", type=int, default=1,
+    g.add_argument("--workers-per-trial", type=int, default=1,
                    help="Ray Train workers (DDP processes) per trial; batch_size is the GLOBAL "
                         "batch, split evenly among them (each takes batch_size / workers; it "
                         "must divide), and contrastive losses use the whole global batch")
-    p.add_argument("--trial-runner", choices=["auto", "actor", "worker-group"], default="auto",
+    g.add_argument("--trial-runner", choices=["auto", "actor", "worker-group"], default="auto",
                    help="where a trial trains: 'worker-group' = a Ray Train TorchTrainer worker "
                         "group (a fresh process per trial, 20-60 s start-up each on a small "
                         "machine); 'actor' = directly in the reused Tune trial actor (one worker "
                         "only); 'auto' (default) = the actor for a one-worker CPU trial, a worker "
                         "group for every trial with a GPU or several workers")
-    p.add_argument("--worker-group", dest="trial_runner", action="store_const",
+    g.add_argument("--worker-group", dest="trial_runner", action="store_const",
                    const="worker-group", help="same as --trial-runner worker-group")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+    g.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs per Train worker (bf16 autocast on CUDA); fractions such as 0.25 "
                         "pack small models onto one GPU (0: CPU)")
-    p.add_argument("--cpus-per-worker", type=float, default=None,
+    g.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs reserved (and torch threads) per Train worker (default: on a "
                         "local Ray, this machine's cores shared among concurrent workers; with "
                         "--address, 1)")
-    p.add_argument("--address", default=None,
+    g.add_argument("--address", default=None,
                    help="join an existing Ray cluster (e.g. auto or HOST:6379); default: start "
                         "a local Ray instance. With more than one node, --output must be on "
                         "storage every node sees and --tracking-uri an MLflow server (checked)")
-    p.add_argument("--output", type=Path, default=Path("runs/latest"),
+
+
+def _record_arguments(g: argparse._ArgumentGroup) -> None:
+    """The output folder, MLflow and the Optuna storage."""
+    g.add_argument("--output", type=Path, default=Path("runs/latest"),
                    help="directory for everything the run writes: mlflow.db, ray/ (trials, "
                         "checkpoints), summary.json, plots")
-    p.add_argument("--tracking-uri", default=None,
+    g.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default sqlite:///OUTPUT/mlflow.db; use an "
                         "http://127.0.0.1:PORT server for clusters)")
-    p.add_argument("--experiment", default="robust-ft-search", help="MLflow experiment name")
-    p.add_argument("--optuna-storage", default=None, metavar="URL",
+    g.add_argument("--experiment", default="robust-ft-search", help="MLflow experiment name")
+    g.add_argument("--optuna-storage", default=None, metavar="URL",
                    help="Optuna storage of the study's sampler history, opened by "
                         "optuna.load_study and optuna-dashboard (default "
                         "sqlite:///OUTPUT/optuna.db; e.g. postgresql://... for clusters; never "
                         "the MLflow store)")
-    p.add_argument("--warm-start", default=None, metavar="OUTPUT|URL",
+
+
+def _study_arguments(g: argparse._ArgumentGroup) -> None:
+    """Its name, seed, warm start, resume, retries and overrides."""
+    g.add_argument("--warm-start", default=None, metavar="OUTPUT|URL",
                    help="start from a finished study of the same method and searched "
                         "parameters: its best configurations run first (as many as TPE's "
                         "start-up trials). OUTPUT: that study's --output; URL: an Optuna "
                         "storage, with --warm-start-study")
-    p.add_argument("--warm-start-study", default=None, metavar="NAME",
+    g.add_argument("--warm-start-study", default=None, metavar="NAME",
                    help="the study to warm-start from in --warm-start URL")
-    p.add_argument("--study-name", default=None,
+    g.add_argument("--study-name", default=None,
                    help="name of the study (Tune experiment, Optuna study, MLflow parent run); "
                         "default: <method>-search")
-    p.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", type=int, default=None,
                    help="seed of the sampler and of every trial (default: the space's)")
-    p.add_argument("--resume", action="store_true",
+    g.add_argument("--resume", action="store_true",
                    help="continue the study in --output after a crash or kill")
-    p.add_argument("--max-failures", type=int, default=0,
+    g.add_argument("--max-failures", type=int, default=0,
                    help="times a failed trial's training is retried from its last checkpoint "
                         "(by Tune; with a worker group also by Train for a crashed worker, so a "
                         "trial that always fails runs up to (N+1)^2 times)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the space: a parameter (lr=1e-4 fixes it; "
                         "lr='{loguniform: [1e-5, 1e-3]}' re-ranges it) or a setting "
                         "(search.num_samples=3, wise.strategy=golden); repeatable")
-    p.add_argument("--register-model", default=None, metavar="NAME",
+
+
+def _model_and_console_arguments(g: argparse._ArgumentGroup) -> None:
+    """Registering the chosen model; how much is printed."""
+    g.add_argument("--register-model", default=None, metavar="NAME",
                    help="register the chosen model (OUTPUT/model, logged on the study's MLflow "
                         "run) under NAME in the MLflow Model Registry (default: the study name)")
-    p.add_argument("--no-register", action="store_true",
+    g.add_argument("--no-register", action="store_true",
                    help="log the chosen model on the study's MLflow run without registering it")
-    p.add_argument("--quiet", action="store_true", help="less Ray progress output")
-    p.add_argument("--verbose", action="store_true",
+    g.add_argument("--quiet", action="store_true", help="less Ray progress output")
+    g.add_argument("--verbose", action="store_true",
                    help="INFO messages of the libraries too (open_clip, MLflow, Ray)")
-    return p

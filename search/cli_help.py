@@ -31,7 +31,8 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", DefaultsFormatter)
         super().__init__(*args, **kwargs)
         if kwargs.get("add_help", True):      # the top parser (subparsers share it)
-            self.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+            self.add_argument("--version", action="version",
+                              version=f"%(prog)s {package_version()}",
                               help="print the version and exit")
 
     def error(self, message: str) -> NoReturn:

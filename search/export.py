@@ -1,9 +1,10 @@
 """Export a study's model: the chosen one at the end of every study, or any trial or soup at any α.
 
-``python -m search.export --output OUTPUT [--trial ID | --soup uniform|greedy] [--alpha A] --to DIR``
+``python -m search.export --output OUTPUT [--trial ID | --soup uniform|greedy] [--alpha A]
+--to DIR``
 
-The model is rebuilt with the study's own pieces: ``search.trial.prepare`` (model at θ_zs, data,
-evaluator), the trial checkpoint (``trainables.checkpoint``), the soup average
+The model is rebuilt with the study's own pieces: ``search.tune.trial.prepare`` (model at θ_zs,
+data, evaluator), the trial checkpoint (``trainables.checkpoint``), the soup average
 (``search.soups.average`` over the ingredients the study recorded, in its order) and the one WiSE
 function (``trainables.wise.interpolate`` over the keys the method trained). It is evaluated on
 every report set (for the model card: reporting only, nothing is chosen here) and written as a
@@ -22,17 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from clipmodel import folder as model_folder
+from search.cli import fail
+from search.result import TrialRecord
+from search.runspec import RunSpec
+from search.selection import best_trial
+from search.tune.trial import prepare
 from trainables import metrics as M
 from trainables.checkpoint import WEIGHTS, load_weights
 from trainables.errors import InputError
 from trainables.heads import zero_shot_weights
 from trainables.wise import interpolate
-
-from .cli import fail
-from .selection import best_trial
-from .trial import FINAL, OBJECTIVE, StudySetup, prepare
 
 SOUPS = ("uniform", "greedy")
 
@@ -58,57 +59,47 @@ class Source:
     at_one: dict[str, float] = field(default_factory=dict)
 
 
-def strip(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    """``{"ft/id_test/acc": x}`` -> ``{"id_test/acc": x}`` for real-number values."""
-    return {k[len(prefix):]: float(v) for k, v in metrics.items()
-            if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def finished(trial: dict[str, Any]) -> bool:
-    """Whether a trial record (``search.study.trial_records``) ran to its WiSE selection."""
-    return trial["metrics"].get(FINAL) == 1.0 and not trial["error"] and bool(trial["checkpoint"])
-
-
-def trial_source(trial: dict[str, Any], alpha: float | None = None) -> Source:
+def trial_source(trial: TrialRecord, alpha: float | None = None) -> Source:
     """A finished trial at ``alpha`` (default: the α it selected on ID val)."""
-    if trial["error"]:
-        raise ExportError(f"trial {trial['trial_id']} failed ({trial['error']}): it has no model "
+    if trial.error:
+        raise ExportError(f"trial {trial.trial_id} failed ({trial.error}): it has no model "
                           "to export; pick a finished trial (summary.json lists them)")
-    if not finished(trial):
-        raise ExportError(f"trial {trial['trial_id']} was stopped before its WiSE selection "
+    if not (trial.finished and trial.checkpoint):
+        raise ExportError(f"trial {trial.trial_id} was stopped before its WiSE selection "
                           "(ASHA or an interrupted study): pick a finished trial")
-    m = trial["metrics"]
-    return Source("trial", trial["trial_id"], m["wise_alpha"] if alpha is None else alpha,
-                  [Path(trial["checkpoint"])], [trial["trial_id"]], dict(trial["config"]),
-                  strip(m, "ft/"))
+    result = trial.result
+    return Source("trial", trial.trial_id, result.alpha if alpha is None else alpha,
+                  [Path(trial.checkpoint)], [trial.trial_id], dict(trial.params),
+                  {k: float(v) for k, v in result.finetuned.items()})
 
 
-def soup_source(summary: dict[str, Any], trials: list[dict[str, Any]], name: str,
+def soup_source(summary: dict[str, Any], trials: list[TrialRecord], name: str,
                 alpha: float | None = None) -> Source:
     """The study's soup ``name``: the average of its recorded ingredients, in their order."""
     soup = (summary.get("soups") or {}).get(name)
     if soup is None:
         raise ExportError(f"the study made no {name} soup (it needs at least 2 finished trials "
                           "and soups.top_k > 0): export a trial with --trial")
-    by_id = {t["trial_id"]: t for t in trials}
-    checkpoints = [Path(by_id[i]["checkpoint"]) for i in soup["trials"]]
+    by_id = {t.trial_id: t for t in trials}
+    checkpoints = [Path(by_id[i].checkpoint) for i in soup["trials"]]
     return Source("soup", name, soup["selected_alpha"] if alpha is None else alpha, checkpoints,
                   list(soup["trials"]), dict(summary["best_params"]), dict(soup["soup"]))
 
 
-def chosen_source(summary: dict[str, Any], trials: list[dict[str, Any]]) -> Source:
+def chosen_source(summary: dict[str, Any], trials: list[TrialRecord]) -> Source:
     """The study's model: the best trial or a soup, each at its selected α, by ID val only."""
     if "best_trial" not in summary:
         return Source("zeroshot", "zeroshot", 0.0)
-    best = next(t for t in trials if t["trial_id"] == summary["best_trial"])
+    best = next(t for t in trials if t.trial_id == summary["best_trial"])
     names = [n for n in SOUPS if n in (summary.get("soups") or {})]
-    scores = [{OBJECTIVE: best["metrics"][OBJECTIVE]}] + [
-        {OBJECTIVE: summary["soups"][n]["wise"][M.ID_VAL]} for n in names]
-    pick = best_trial(scores, OBJECTIVE)        # ties keep the trial (listed first)
+    # ID val at each candidate's α*: the trial's objective, each soup + WiSE's ID val
+    scores = [{M.ID_VAL: best.result.objective}] + [
+        {M.ID_VAL: summary["soups"][n]["wise"][M.ID_VAL]} for n in names]
+    pick = best_trial(scores, M.ID_VAL)         # ties keep the trial (listed first)
     return trial_source(best) if pick == 0 else soup_source(summary, trials, names[pick - 1])
 
 
-def export_model(setup: StudySetup, source: Source, target: Path, summary: dict[str, Any],
+def export_model(setup: RunSpec, source: Source, target: Path, summary: dict[str, Any],
                  code_version: str, chosen_by: str = "search.export") -> dict[str, Any]:
     """Rebuild ``source`` at its α, evaluate it for the card and write the folder ``target``.
     ``chosen_by`` says who picked it (the card says so). Returns the model's metadata (as
@@ -123,7 +114,7 @@ def export_model(setup: StudySetup, source: Source, target: Path, summary: dict[
         if len(states) == 1:
             theta_ft = states[0]
         else:
-            from .soups import average
+            from search.soups import average
             theta_ft = average(states)
         model.load_state_dict(interpolate(parts.theta_zs, theta_ft, source.alpha,
                                           method.trained_names(model)))
@@ -161,10 +152,11 @@ _SNIPPET_LOGITS = {
 
 def model_card(info: dict[str, Any], head_kind: str) -> str:
     """The folder's README.md: what the model is, its results, and how to use it."""
-    from .table import format_table
+    from search.tracking.table import format_table
     alpha = info["alpha"]
+    soup = f"the {info['name']} soup of trials {', '.join(info['trials'])}"
     what = {"trial": f"trial {info['name']}", "zeroshot": "the zero-shot model",
-            "soup": f"the {info['name']} soup of trials {', '.join(info['trials'])}"}[info["source"]]
+            "soup": soup}[info["source"]]
     weights = (f"weights `{info['pretrained']['weights']}`" if info["pretrained"]["weights"]
                else "randomly initialised")
     rows = {"zero-shot (α = 0)": info["metrics"]["zeroshot"]}
@@ -206,18 +198,19 @@ print([classes[i] for i in logits.argmax(-1).tolist()])
 
 The architecture also travels as `{info['pretrained']['model'].replace('/', '-')}.json`:
 `open_clip.add_model_config(folder)` then
-`open_clip.create_model_and_transforms("{info['pretrained']['model']}", pretrained=folder + "/open_clip_model.safetensors")`
+`open_clip.create_model_and_transforms("{info['pretrained']['model']}",
+pretrained=folder + "/open_clip_model.safetensors")`
 loads the same weights (with open_clip's default preprocessing for that architecture; `local-dir:`
 uses the preprocessing stored here).
 """
 
 
 # --- python -m search.export ---------------------------------------------------------------------
-def read_trials(output: Path, study: str) -> list[dict[str, Any]]:
+def read_trials(output: Path, study: str) -> list[TrialRecord]:
     """The study's trial records, read back from its Tune experiment folder."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from .study import trial_records
+    from search.result import trial_records
     return trial_records(ResultGrid(ExperimentAnalysis(str(output / "ray" / study))))
 
 
@@ -250,14 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .study import code_version
+    from search.study import code_version
     try:
         output = args.output.expanduser().resolve()
         summary = load_summary(output)
         if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
             raise ExportError(f"--alpha {args.alpha} is outside [0, 1] (0 = zero-shot, "
                               "1 = fine-tuned)")
-        setup = StudySetup(**{**summary["setup"], "wise_grid": tuple(summary["setup"]["wise_grid"])})
+        setup = RunSpec.from_dict(summary["setup"])
         trials = read_trials(output, summary["study"]) if "best_trial" in summary else []
         if args.soup:
             source = soup_source(summary, trials, args.soup, args.alpha)
@@ -265,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             trial_id = args.trial or summary.get("best_trial")
             if trial_id is None:
                 raise ExportError("the study has no finished trial to export")
-            match = [t for t in trials if t["trial_id"] == trial_id]
+            match = [t for t in trials if t.trial_id == trial_id]
             if not match:
                 raise ExportError(f"no trial {trial_id!r} in {output}: one of "
-                                  f"{sorted(t['trial_id'] for t in trials)}")
+                                  f"{sorted(t.trial_id for t in trials)}")
             source = trial_source(match[0], args.alpha)
         info = export_model(setup, source, args.to, summary, code_version())
     except (InputError, model_folder.FolderError, FileNotFoundError) as err:   # bad input:

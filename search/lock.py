@@ -16,7 +16,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .cli import UsageError
+from search.cli import UsageError
 
 LOCK_FILE = "run.lock"
 

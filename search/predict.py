@@ -4,8 +4,8 @@
 ``clipmodel.folder``, or an MLflow model URI (``models:/NAME/VERSION``, ``models:/m-…``,
 ``runs:/…``), loaded with ``mlflow.pyfunc.load_model`` from the tracking server or store given by
 ``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``). Images are files on the command line or the
-``path`` column of a CSV (paths relative to ``--root``, default the CSV's folder); when the CSV has a ``label``
-column (class name or index) the accuracy is printed after the predictions.
+``path`` column of a CSV (paths relative to ``--root``, default the CSV's folder); when the CSV has
+a ``label`` column (class name or index) the accuracy is printed after the predictions.
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 from clipmodel import folder as model_folder
+from search.cli import fail
 from trainables.errors import InputError
-
-from .cli import fail
 
 
 class PredictError(InputError):

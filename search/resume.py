@@ -3,21 +3,22 @@
 ``OUTPUT/ray/<study>/study.json`` holds the study's inputs (method, resolved space, data spec and
 its content hash, model and weights, budget, seed, concurrency, workers, experiment) and its
 status (``running``, ``finished``, ``failed``). ``--resume`` with identical inputs continues the
-study; a finished one has nothing to do (exit 0, nothing changed). Any difference is a one-line
-error naming it: a resumed Tune study cannot take new inputs (Ray 2.60's ``Tuner.restore``
-re-reads the param space, ``num_samples``, searcher and scheduler pickled in ``tuner.pkl`` and
-``search_gen_state-*.json``), so a changed input would be silently ignored. That includes a
-larger ``--num-samples``: extending a study is not supported (start a new ``--study-name``).
+study; a finished one has nothing to do (exit 0, nothing changed). A larger ``--num-samples``
+extends the study (:mod:`search.experiments`: a further Tune experiment on the same Optuna study
+and MLflow parent run); the state then also lists the study's experiments. Any other difference
+is a one-line error naming it: a resumed Tune experiment cannot take new inputs (Ray 2.60's
+``Tuner.restore`` re-reads the param space, searcher and scheduler pickled in ``tuner.pkl`` and
+``search_gen_state-*.json``), so a changed input would be silently ignored; a smaller budget
+cannot undo trials already run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from trainables.errors import InputError
+from trainables.files import atomic_write_text, sha256_file
 
 STATE_FILE = "study.json"
 
@@ -37,7 +38,7 @@ def state_path(output: Path, name: str) -> Path:
 def file_digest(path: str | Path) -> str | None:
     """sha256 of a file's bytes (a data spec), or None for a folder / missing file."""
     path = Path(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None
 
 
 def study_inputs(*, method: str, space: dict[str, Any] | None, data: str, model: str,
@@ -68,13 +69,16 @@ def read_state(output: Path, name: str) -> dict[str, Any] | None:
                           "study with another --output") from None
 
 
-def write_state(output: Path, name: str, inputs: dict[str, Any], status: str) -> None:
-    """Write the state file whole (temporary file + rename)."""
+def write_state(output: Path, name: str, inputs: dict[str, Any], status: str,
+                experiments: list[dict[str, Any]] | None = None) -> None:
+    """Write the state file whole (temporary file + rename); ``experiments``: the study's Tune
+    experiments (:class:`search.experiments.Experiment` as dicts)."""
     path = state_path(output, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"inputs": inputs, "status": status}, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    state: dict[str, Any] = {"inputs": inputs, "status": status}
+    if experiments:
+        state["experiments"] = experiments
+    atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -93,13 +97,15 @@ _OPTION = {"method": "--method", "data": "--data", "data_sha256": "the content o
            "trial_runner": "--trial-runner", "experiment": "--experiment"}
 
 
-def check_resume(output: Path, name: str, inputs: dict[str, Any]) -> None:
-    """Compare ``inputs`` with the stored study's; raise ResumeError naming the first difference,
-    NothingToDo if the study is finished and nothing differs. A study folder without a state file
-    (written by an older version) is resumed unchecked."""
+def check_resume(output: Path, name: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """Compare ``inputs`` with the stored study's and return the stored state (None: a study
+    folder without a state file, written by an older version, resumed unchecked). A larger
+    ``num_samples`` is an extension, not a difference. Raise ResumeError naming the first
+    difference (a smaller ``num_samples`` included), NothingToDo if the study is finished and
+    nothing differs."""
     state = read_state(output, name)
     if state is None:
-        return
+        return None
     old, new = _flat(state.get("inputs", {})), _flat(inputs)
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -107,18 +113,21 @@ def check_resume(output: Path, name: str, inputs: dict[str, Any]) -> None:
             what = f"the space's {key.partition('.')[2]}" if top == "space" else _OPTION.get(
                 top, key)
             if key == "num_samples" and (new[key] or 0) > (old[key] or 0):
+                continue        # extends the study (search/experiments.py)
+            if key == "num_samples":
                 raise ResumeError(
-                    f"--resume: study {name!r} was started with --num-samples {old[key]}; "
-                    f"extending it to {new[key]} is not supported (Ray 2.60's Tuner.restore keeps "
-                    "the saved budget); fix: resume with --num-samples "
-                    f"{old[key]}, or run the extra trials as a new study (--study-name)")
+                    f"--resume: study {name!r} has a budget of {old[key]} trials; "
+                    f"--num-samples {new[key]} cannot shrink it (its trials have run or are "
+                    f"planned); fix: resume with --num-samples {old[key]} (or more, to extend "
+                    "it)")
             raise ResumeError(
                 f"--resume: {what} differs from the stored study {name!r} "
                 f"({_short(old.get(key))} then, {_short(new.get(key))} now); fix: rerun with the "
                 "study's original inputs, or start a new study (another --study-name or --output)")
-    if state.get("status") == "finished":
+    if state.get("status") == "finished" and new.get("num_samples") == old.get("num_samples"):
         raise NothingToDo(f"study {name!r} in {output} is already finished; nothing to do "
                           f"(results: {output / 'summary.json'})")
+    return state
 
 
 def _short(value: Any) -> str:
@@ -127,7 +136,10 @@ def _short(value: Any) -> str:
 
 
 def stored_studies(output: Path) -> list[str]:
-    """Names of the studies under ``OUTPUT/ray`` (``train`` is Train's storage)."""
+    """Names of the studies under ``OUTPUT/ray`` (``train`` is Train's storage; a study's
+    extension experiments, ``<study>-more-<k>``, belong to it)."""
+    from search.experiments import is_extension_folder
     ray_dir = output / "ray"
-    return sorted(p.name for p in ray_dir.iterdir() if p.is_dir() and p.name != "train") \
+    names = sorted(p.name for p in ray_dir.iterdir() if p.is_dir() and p.name != "train") \
         if ray_dir.is_dir() else []
+    return [n for n in names if not is_extension_folder(n, names)]

@@ -17,17 +17,17 @@ import sys
 import time
 from pathlib import Path
 
+from search import interrupt, lock, validate
+from search.cli import UsageError, build_parser, fail, parse_set
 from trainables.errors import InputError
-
-from . import interrupt, lock, validate
-from .cli import UsageError, build_parser, fail, parse_set
 
 EXIT_FAILED = 1   # the study ran but every trial failed (bad input exits 2, before anything runs)
 #: Loggers of the project (and this script): their INFO lines are progress the user asked for.
 PROJECT_LOGGERS = ("search", "trainables", "__main__")
 #: Libraries that log INFO lines of their own: open_clip logs to the root logger, MLflow and
 #: alembic while opening a store. Kept at WARNING so an error is the one line printed.
-QUIET_LIBRARIES = ("mlflow", "alembic", "open_clip", "urllib3", "filelock", "matplotlib")
+QUIET_LIBRARIES = ("mlflow", "alembic", "open_clip", "urllib3", "filelock", "matplotlib",
+                   "ray.tune")   # Tune: "Wrote the latest version of all result files…"
 
 
 def _default_data() -> Path:
@@ -51,7 +51,7 @@ def configure_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose:
-        os.environ["ROBUST_SEARCH_VERBOSE"] = "1"      # search.trial.VERBOSE_ENV, for the workers
+        os.environ["ROBUST_SEARCH_VERBOSE"] = "1"   # search.tune.trial.VERBOSE_ENV, for the workers
         return
     for handler in logging.getLogger().handlers if fresh else ():
         handler.addFilter(_ProjectInfoOnly())
@@ -60,6 +60,9 @@ def configure_logging(quiet: bool, verbose: bool = False) -> None:
     # MLflow sets its own logger's level when it is imported (MLFLOW_LOGGING_LEVEL, default
     # INFO) and Optuna its own when first used: both are told, not only their loggers
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow draws a tqdm bar per artifact download (logging the model copies its folder): on a
+    # log file it is one long line of carriage returns, and the copy takes under a second
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -86,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet, args.verbose)
     resume = resume_command(argv)
     interrupt.install(f"stopped at once; continue the study with: {resume}")
-    from .resume import NothingToDo, state_path
-    from .study import Study, StudyFailed
+    from search.resume import NothingToDo, state_path
+    from search.study import Study, StudyFailed
 
     held = None
     try:
@@ -132,10 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_ray() -> None:
-    if "ray" in sys.modules:
-        import ray
-        if ray.is_initialized():
-            ray.shutdown()
+    if "ray" in sys.modules:            # never import Ray only to find it was not started
+        from search.tune.cluster import stop_ray
+        stop_ray()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ influence the choice. Ties go to the smaller α (closer to the zero-shot model, 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
+from search.result import OBJECTIVE, TrialResult
 from trainables import metrics as M
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618…
@@ -66,11 +67,16 @@ def select_alpha(id_val_at: Callable[[float], float], strategy: str = "grid",
     return _best(curve), curve
 
 
-def best_trial(results: list[dict[str, float]], metric: str = "objective") -> int:
-    """Index of the result with the highest selection metric (ID-val based, never OOD)."""
-    if metric != "objective" and not M.is_selectable(metric):
+def best_trial(results: Sequence[TrialResult | Mapping[str, float]], metric: str = OBJECTIVE
+               ) -> int:
+    """Index of the result with the highest selection metric (ID-val based, never OOD): a
+    :class:`~search.result.TrialResult`'s objective (ID val at its α*), or ``metric`` of a
+    mapping. Ties go to the first."""
+    if metric != OBJECTIVE and not M.is_selectable(metric):
         raise ValueError(f"refusing to select on {metric!r}: selection reads ID val only")
-    scored = [(r[metric], -i) for i, r in enumerate(results) if math.isfinite(r.get(metric, math.nan))]
+    values = [r.objective if isinstance(r, TrialResult) else r.get(metric, math.nan)
+              for r in results]
+    scored = [(v, -i) for i, v in enumerate(values) if math.isfinite(v)]
     if not scored:
         raise ValueError("no trial finished with a finite ID-val objective")
     return -max(scored)[1]

@@ -49,25 +49,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import math
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NoReturn
+from typing import Any, Mapping
 
-from trainables.errors import InputError
+from search.space_values import Reporter, SpaceError, base_type, field_value, known
 
 KINDS = ("loguniform", "uniform", "int", "choice", "constant")
 SAMPLERS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
 STRATEGIES = ("grid", "golden")
 SECTIONS = ("method", "params", "search", "wise", "soups")
-
-
-class SpaceError(InputError):
-    """A search-space file that cannot be used; the one-line message names file, problem and fix."""
 
 
 @dataclass(frozen=True)
@@ -130,30 +123,6 @@ class Space:
     source: Path
 
 
-class _Reporter:
-    """Builds one-line SpaceErrors for one file, marking keys that came from ``--set``."""
-
-    def __init__(self, source: Path) -> None:
-        self.source = source
-        self.overridden: set[str] = set()
-
-    def fail(self, where: str, problem: str, fix: str) -> NoReturn:
-        origin = " (from --set)" if where in self.overridden else ""
-        where = f"{where}{origin}: " if where else ""
-        message = f"{self.source}: {where}{problem}; fix: {fix}"
-        raise SpaceError(" ".join(message.splitlines()))
-
-
-def _known(keys: typing.Iterable[Any], valid: typing.Iterable[str], where: str, what: str,
-           rep: _Reporter) -> None:
-    """Fail on the first key not in ``valid``, suggesting the closest valid one."""
-    unknown, valid = sorted(str(k) for k in set(keys) - set(valid)), sorted(valid)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
-        rep.fail(where + unknown[0], f"unknown {what}: {unknown}",
-                 (f"did you mean {close[0]!r}? " if close else "") + f"valid keys are {valid}")
-
-
 def _params_class(method: str) -> type:
     """The method's frozen Params dataclass (imported lazily: it pulls in torch/open_clip)."""
     from trainables.methods import get_method_class
@@ -161,86 +130,35 @@ def _params_class(method: str) -> type:
     return get_method_class(method).Params
 
 
-def _base_type(annotation: Any) -> tuple[Any, bool]:
-    """(the non-None type, whether None is allowed) of a field annotation."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0], len(args) < len(typing.get_args(annotation))
-    return annotation, False
-
-
-def _number(value: Any) -> int | float | None:
-    """``value`` as a number (numeric strings such as YAML's ``'1e-5'`` converted), else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    for convert in (int, float) if isinstance(value, str) else ():
-        try:
-            return convert(value)
-        except ValueError:
-            pass
-    return None
-
-
-def _value(value: Any, where: str, annotation: Any, rep: _Reporter) -> Any:
-    """The value for the field at ``where`` (``params.lr``), type-checked and coerced."""
-    from trainables.config import ConfigError, _coerce
-
-    name = where.rpartition(".")[2]
-    base, optional = _base_type(annotation)
-    if value is None:
-        if optional:
-            return None
-        rep.fail(where, "null is not a value of this parameter", "give a value or remove the key")
-    if isinstance(value, (Mapping, list)):
-        rep.fail(where, f"{value!r} is not a {getattr(base, '__name__', base)} value",
-                 "write {choice: [...]} for several values, or a single scalar")
-    strict = {bool: ("true or false", "write true or false"), str: ("a string", "quote the value")}
-    if base in strict and not isinstance(value, base):
-        rep.fail(where, f"expected {strict[base][0]}, got {value!r}", strict[base][1])
-    if base in (int, float):
-        number = _number(value)
-        if number is None:
-            rep.fail(where, f"expected a number ({base.__name__}), got {value!r}",
-                     "write a number, floats with a dot (1.0e-5)")
-        if not math.isfinite(number):   # .nan / .inf: no sampler or trainable can use them
-            rep.fail(where, f"{value!r} is not a finite number", "write a finite number")
-        value = number
-    try:
-        return _coerce(value, annotation, name)
-    except ConfigError as exc:
-        rep.fail(where, str(exc).removeprefix(f"{name}: "),
-                 "write a whole number" if base is int else f"write a {base.__name__} value")
-
-
-def _distribution(name: str, spec: Any, annotation: Any, rep: _Reporter) -> Distribution:
+def _distribution(name: str, spec: Any, annotation: Any, rep: Reporter) -> Distribution:
     """Parse one ``params`` entry into a :class:`Distribution`."""
     where = f"params.{name}"
     if isinstance(spec, list):
         rep.fail(where, f"a bare list {spec!r} is not a distribution", "write {choice: [...]}")
     if not isinstance(spec, Mapping):
-        return Distribution("constant", value=_value(spec, where, annotation, rep))
+        return Distribution("constant", value=field_value(spec, where, annotation, rep))
     if len(spec) != 1 or next(iter(spec)) not in KINDS:
         rep.fail(where, f"{dict(spec)!r} is not exactly one of {list(KINDS)}",
                  "write e.g. {loguniform: [1.0e-5, 1.0e-3]}, {int: [2, 4]}, {choice: [64, 128]}")
     kind, arg = next(iter(spec.items()))
     if kind == "constant":
-        return Distribution("constant", value=_value(arg, where, annotation, rep))
+        return Distribution("constant", value=field_value(arg, where, annotation, rep))
     if kind == "choice":
         if not isinstance(arg, list) or not arg:
             rep.fail(where, f"choice needs a non-empty list, got {arg!r}", "write {choice: [a, b]}")
-        return Distribution("choice", choices=tuple(_value(v, where, annotation, rep) for v in arg))
+        choices = tuple(field_value(v, where, annotation, rep) for v in arg)
+        return Distribution("choice", choices=choices)
     if not isinstance(arg, list) or len(arg) != 2:
         rep.fail(where, f"{kind} bounds must be a list of two numbers, got {arg!r}",
                  f"write {{{kind}: [low, high]}}")
-    base, _ = _base_type(annotation)
+    base, _ = base_type(annotation)
     if base not in (int, float):
         rep.fail(where, f"{name} is a {getattr(base, '__name__', base)}, so a {kind} distribution "
                  "cannot sample it", "use {choice: [...]} or a constant")
     if base is int and kind != "int":
         rep.fail(where, f"{name} is an integer, a {kind} distribution samples floats",
                  "use {int: [low, high]}")
-    low, high = (_value(v, where, int if kind == "int" else float, rep) for v in arg)
+    low, high = (field_value(v, where, int if kind == "int" else float, rep) for v in arg)
     if low >= high:
         rep.fail(where, f"bounds [{low}, {high}] are inverted or empty (low >= high)",
                  "write [low, high] with low < high, or a constant for a single value")
@@ -250,7 +168,7 @@ def _distribution(name: str, spec: Any, annotation: Any, rep: _Reporter) -> Dist
     return Distribution(kind, low=low, high=high)
 
 
-def _check_values(params: dict[str, Distribution], params_cls: type, rep: _Reporter) -> None:
+def _check_values(params: dict[str, Distribution], params_cls: type, rep: Reporter) -> None:
     """Build TrainConfig + Params from the constants, then with each end point of each distribution
     (the rest at their defaults), so the dataclasses' own checks (``lr > 0``, ...) run now."""
     from trainables.config import ConfigError, split_config
@@ -268,21 +186,21 @@ def _check_values(params: dict[str, Distribution], params_cls: type, rep: _Repor
             return  # a Params class without defaults cannot be probed one field at a time
 
 
-def _settings(cls: type, raw: Any, section: str, rep: _Reporter) -> Any:
+def _settings(cls: type, raw: Any, section: str, rep: Reporter) -> Any:
     """Parse the ``search``/``wise``/``soups`` section into its frozen dataclass."""
     if raw is None:
         return cls()
     if not isinstance(raw, Mapping):
         rep.fail(section, f"must be a mapping, got {raw!r}", f"write {section}: {{key: value}}")
     hints = typing.get_type_hints(cls)
-    _known(raw, hints, f"{section}.", f"{section} key(s)", rep)
+    known(raw, hints, f"{section}.", f"{section} key(s)", rep)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{section}.{key}"
         if typing.get_origin(hints[key]) is not tuple:
-            values[key] = _value(value, where, hints[key], rep)
+            values[key] = field_value(value, where, hints[key], rep)
         elif isinstance(value, list):  # the α grid
-            values[key] = tuple(_value(v, where, float, rep) for v in value)
+            values[key] = tuple(field_value(v, where, float, rep) for v in value)
         else:
             rep.fail(where, f"expected a list of numbers, got {value!r}", "write [0.0, 0.5, 1.0]")
     return cls(**values)
@@ -295,7 +213,7 @@ _MINIMUM = {"search.num_samples": 1, "search.n_startup_trials": 1, "search.grace
             "wise.evaluations": 3, "soups.top_k": 0}
 
 
-def _check_settings(sections: dict[str, Any], rep: _Reporter) -> None:
+def _check_settings(sections: dict[str, Any], rep: Reporter) -> None:
     """The value rules of the ``search``/``wise``/``soups`` sections."""
     def get(key: str) -> Any:
         section, name = key.split(".")
@@ -320,7 +238,7 @@ def _check_settings(sections: dict[str, Any], rep: _Reporter) -> None:
                  "[0, 1]", "keep every α in [0, 1]")
 
 
-def _read(source: Path, rep: _Reporter) -> dict[str, Any]:
+def _read(source: Path, rep: Reporter) -> dict[str, Any]:
     """The file's top-level mapping."""
     from trainables.yaml_io import YamlError, read_yaml
 
@@ -337,7 +255,7 @@ def _read(source: Path, rep: _Reporter) -> dict[str, Any]:
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any],
-                     rep: _Reporter) -> dict[str, Any]:
+                     rep: Reporter) -> dict[str, Any]:
     """``raw`` with the ``--set`` values written in (keys ``section.name`` or a bare param name)."""
     raw = copy.deepcopy(raw)
     for key, value in overrides.items():
@@ -361,9 +279,9 @@ def load_space(path: str | Path, method: str,
     """Read, override and validate a search-space file for ``method``; raise SpaceError if unusable.
     ``overrides``: ``--set`` values already parsed (YAML), keyed as in the module docstring."""
     source = Path(path)
-    rep = _Reporter(source)
+    rep = Reporter(source)
     raw = _apply_overrides(_read(source, rep), overrides or {}, rep)
-    _known(raw, SECTIONS, "", "top-level key(s)", rep)
+    known(raw, SECTIONS, "", "top-level key(s)", rep)
     if raw.get("method") is None:
         rep.fail("method", "the file names no method", f"add 'method: {method}' at the top")
     if raw["method"] != method:
@@ -380,7 +298,7 @@ def load_space(path: str | Path, method: str,
     from trainables.config import TrainConfig
 
     annotations = {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(params_cls)}
-    _known(raw_params, annotations, "params.", f"parameter(s) for method {method}", rep)
+    known(raw_params, annotations, "params.", f"parameter(s) for method {method}", rep)
     params = {str(k): _distribution(str(k), v, annotations[k], rep) for k, v in raw_params.items()}
     _check_values(params, params_cls, rep)
     sections = {name: _settings(cls, raw.get(name), name, rep) for name, cls in

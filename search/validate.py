@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .cli import UsageError
+from search.cli import UsageError
 
 CONNECT_TIMEOUT_S = 5.0
 #: Ray's default ports: the GCS of ``ray start --head`` and the Ray Client server.
@@ -91,7 +91,7 @@ def check_output(output: Path) -> None:
 
 def check_sqlite_uri(uri: str) -> None:
     """A sqlite tracking URI must name a database file whose folder can be created."""
-    from .tracking import TrackingError
+    from search.tracking.recorder import TrackingError
 
     if not uri.startswith("sqlite"):
         return

@@ -12,7 +12,6 @@ from torch import nn
 from trainables.data import build_task_data
 from trainables.evaluate import Evaluator
 
-
 D = 256                                   # stub feature size: one dimension per colour code
 
 

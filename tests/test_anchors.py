@@ -17,10 +17,17 @@ import torch
 import yaml
 from PIL import Image
 
-from search import anchors as A
 from search import prepare
-from search.retrieval import (IndexSettings, exact_topk, iter_shards, read_table, recall_at_k,
-                              retrieve, unique_candidates)
+from search.anchors import build as A
+from search.anchors.retrieval import (
+    IndexSettings,
+    exact_topk,
+    iter_shards,
+    read_table,
+    recall_at_k,
+    retrieve,
+    unique_candidates,
+)
 from trainables.data import read_pairs
 from trainables.spec import load_spec
 
@@ -239,8 +246,14 @@ def test_ensure_retrieved_gives_a_loadable_spec(tmp_path, cache, weights):
 def tiny_captioner(path: Path) -> Path:
     """A random-init ViT encoder + GPT-2 decoder with a word-level tokenizer, saved to ``path``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessor,
-                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+    from transformers import (
+        GPT2Config,
+        PreTrainedTokenizerFast,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
     words = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "a", "red", "green", "blue", "photo", "square"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -263,7 +276,7 @@ def tiny_captioner(path: Path) -> Path:
 
 
 def test_captioner_captions_every_image_in_batches(tmp_path, cache, weights):
-    from search.captioning import Captioner
+    from search.anchors.captioning import Captioner
     spec = write_spec(tmp_path / "data", per_class=3)             # 9 training images
     folder = tiny_captioner(tmp_path / "captioner")
     captioner = Captioner.load(str(folder), "cpu", max_new_tokens=5)

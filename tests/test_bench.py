@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from search.bench import SECTION, write_section
+from search.bench.core import SECTION, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def test_write_section_replaces_only_the_measured_figures(tmp_path: Path) -> Non
 def test_figure4_counts_compute_in_epochs_and_seconds() -> None:
     """Figure 4's curves: an epoch row adds one epoch and its seconds; a trial's end row adds its
     seconds but no epoch; reach/best_at read either unit."""
-    from search.bench_search import best_at, best_vs_compute, reach
+    from search.bench.study_figures import best_at, best_vs_compute, reach
     rows = [{"objective": 60.0, "time/epoch_train_s": 5.0, "time/epoch_eval_s": 1.0},
             {"objective": 70.0, "time/epoch_train_s": 5.0, "time/epoch_eval_s": 1.0},
             {"objective": 70.0, "final": 1.0, "time/wise_select_s": 1.0},
@@ -66,24 +66,26 @@ def test_figure4_counts_compute_in_epochs_and_seconds() -> None:
 
 
 def test_report_eval_off_keeps_the_objective_and_drops_only_reporting(tmp_path: Path) -> None:
-    """``StudySetup.report_eval=False`` (figure 4) leaves the selection (objective, α) as it is
+    """``RunSpec.report_eval=False`` (figure 4) leaves the selection (objective, α) as it is
     and skips the end-of-trial OOD/test evaluation."""
     from dataclasses import replace
 
     import torch
 
-    from search.trial import StudySetup, prepare, wise_evaluation
-    from tests.tiny_data import write_tiny_spec
+    from search.bench.tiny_data import write_tiny_spec
+    from search.result import encode
+    from search.runspec import RunSpec
+    from search.tune.trial import prepare, wise_evaluation
     from trainables.loop import train
     spec = write_tiny_spec(tmp_path / "tiny", per_class=6)
-    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
-                       storage_path="unused", wise_grid=(1.0,),
-                       base_params=dict(epochs=1, batch_size=8, warmup_steps=0, seed=0))
-    parts = prepare(setup, {"lr": 3e-3})
+    run = RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
+                  wise_grid=(1.0,), base_params=dict(epochs=1, batch_size=8, warmup_steps=0,
+                                                     seed=0))
+    parts = prepare(run, {"lr": 3e-3})
     train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg)
     theta_ft = parts.method.final_state_dict(parts.model)
-    full = wise_evaluation(parts, theta_ft, setup)
-    short = wise_evaluation(parts, theta_ft, replace(setup, report_eval=False))
+    full = encode(wise_evaluation(parts, theta_ft, run))
+    short = encode(wise_evaluation(parts, theta_ft, replace(run, report_eval=False)))
     assert any(k.startswith("ft/ood") for k in full) and "time/report_eval_s" in full
     same = ("objective", "wise_alpha", "final", "wise_evaluations")
     assert {k: short[k] for k in same} == {k: full[k] for k in same}      # selection unchanged

@@ -1,6 +1,6 @@
 """The GPU check (``python -m search.bench --only gpu``) prepared on CPU: its ``--quick`` mode runs
 the same code (loop vs bare throughput with and without ``torch.compile``, a whole ``flyp`` trial
-through ``search.trial.run_worker`` without Ray, the data path) in a process where Ray, MLflow
+through ``search.tune.trial.run_worker`` without Ray, the data path) in a process where Ray, MLflow
 and Optuna cannot be imported at all, as on the bare GPU machine. No timing is asserted."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from search.bench_gpu import GPU_TITLE, QUICK_TITLE, SECTION, write_subsection
+from search.bench.gpu import GPU_TITLE, QUICK_TITLE, SECTION, write_subsection
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,8 +36,9 @@ def _python(code: str, tmp_path: Path, timeout: int) -> subprocess.CompletedProc
 
 
 def test_worker_and_check_import_without_ray(tmp_path):
-    proc = _python("import search.bench, search.bench_gpu, search.trial, trainables.loop\n"
-                   "from search.trial import run_worker, LocalSession\n"
+    proc = _python("import search.bench.core, search.bench.gpu, search.tune.trial\n"
+                   "import trainables.loop\n"
+                   "from search.tune.trial import run_worker, LocalSession\n"
                    "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                    "('ray', 'mlflow', 'optuna')))", tmp_path, 300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,7 +52,7 @@ def test_worker_and_check_import_without_ray(tmp_path):
 def test_quick_gpu_check_runs_without_ray_and_writes_its_section(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\nKept.\n\n## Later\n\nKept too.\n")
-    proc = _python("from search.bench import main\n"
+    proc = _python("from search.bench.core import main\n"
                    f"sys.exit(main(['--quick', '--only', 'gpu', '--write', {str(out)!r}, "
                    f"'--work', {str(tmp_path / 'work')!r}]))", tmp_path, 1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,7 +92,7 @@ def test_write_subsection_keeps_the_other_run(tmp_path):
 def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
     """On the GPU machine one failing part (say, too little shared memory for the DataLoader
     workers) must not lose the other figures: it is written as failed, and the exit status is 1."""
-    import search.bench_gpu as bg
+    import search.bench.gpu as bg
 
     def broken(*args):
         raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Bus error")

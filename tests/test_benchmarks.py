@@ -25,7 +25,8 @@ from .benchmark_stubs import evaluate, labels_of, write_csv, write_image
 from .test_benchmarks_fewshot import COOP
 from .test_benchmarks_shifts import DOMAINBED
 
-# --- WILDS ---------------------------------------------------------------------------------------
+
+# --- WILDS ----------------------------------------------------------------------------------------
 def test_iwildcam_macro_f1(tmp_path, monkeypatch):
     base = tmp_path / "iwildcam_v2.0"
     write_csv(base / "categories.csv", [
@@ -92,7 +93,7 @@ def test_fmow_worst_region(tmp_path, monkeypatch):
     assert out[M.with_kind(M.ID_TEST, M.WORST_GROUP_ACC)] == 0.0
 
 
-# --- the generic YAML format: subsets, groups, metrics, shots, base-to-new, ${VAR} ---------------
+# --- the generic YAML format: subsets, groups, metrics, shots, base-to-new, ${VAR} ----------------
 def test_generic_spec_extensions(tmp_path, monkeypatch):
     classes = ["a", "b", "c", "d"]
     rows = {"train": [], "test": [], "shift": []}
@@ -150,7 +151,7 @@ def test_resolve_data(tmp_path, monkeypatch):
         resolve_data("no-such-benchmark")
 
 
-# --- metrics ---------------------------------------------------------------------------------------
+# --- metrics --------------------------------------------------------------------------------------
 def test_metric_functions_match_hand_values():
     from sklearn.metrics import f1_score
     pred = torch.tensor([0, 0, 1, 2, 2, 2, 3])
@@ -173,7 +174,7 @@ def test_every_builtin_spec_is_tested():
     assert len(COOP) == 10 and len(DOMAINBED) == 4
 
 
-# --- models ----------------------------------------------------------------------------------------
+# --- models ---------------------------------------------------------------------------------------
 def test_pretrained_tag_offline_is_a_one_line_model_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="cannot be loaded with HF_HUB_OFFLINE set") as err:

@@ -1,5 +1,6 @@
 """Built-in benchmark specs with domain shifts on fake trees with their real layouts: ImageNet and
-its shifts, DomainNet, DomainBed (leave one domain out). Scores are exact: tests/benchmark_stubs.py."""
+its shifts, DomainNet, DomainBed (leave one domain out). Scores are exact:
+tests/benchmark_stubs.py."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from trainables.spec import load_spec
 
 from .benchmark_stubs import decode, evaluate, labels_of, write_csv, write_image
 
-# --- ImageNet and its shifts ---------------------------------------------------------------------
+# --- ImageNet and its shifts ----------------------------------------------------------------------
 TENCH, GOLDFISH, STINGRAY, ROOSTER, GOLDFINCH, ROBIN = (
     "n01440764", "n01443537", "n01498041", "n01514668", "n01531178", "n01558993")
 ID_WNIDS = sorted([TENCH, GOLDFISH, STINGRAY, ROOSTER, GOLDFINCH, ROBIN])   # ID index = position
@@ -123,7 +124,7 @@ def test_project_takes_the_max_over_mapped_classes():
     assert project(logits, ((0, 1), (2, 3))).tolist() == [[7.0, 9.0]]
 
 
-# --- DomainNet -----------------------------------------------------------------------------------
+# --- DomainNet ------------------------------------------------------------------------------------
 DN_CLASSES = ["aircraft_carrier", "bee", "zebra"]
 
 
@@ -155,9 +156,10 @@ def test_domainnet_trains_on_one_domain_and_tests_the_others(tmp_path, monkeypat
     assert set(load_spec(builtin_specs()["domainnet"]).ood) == {"clipart", "real"}
 
 
-# --- DomainBed: leave one domain out ---------------------------------------------------------------
+# --- DomainBed: leave one domain out --------------------------------------------------------------
 DOMAINBED = {   # spec: (folder, domains, a few of its classes)
-    "pacs": ("PACS", ["art_painting", "cartoon", "photo", "sketch"], ["dog", "elephant", "giraffe"]),
+    "pacs": ("PACS", ["art_painting", "cartoon", "photo", "sketch"],
+             ["dog", "elephant", "giraffe"]),
     "officehome": ("office_home", ["Art", "Clipart", "Product", "Real World"],
                    ["Alarm_Clock", "Backpack", "Batteries"]),
     "vlcs": ("VLCS", ["Caltech101", "LabelMe", "SUN09", "VOC2007"], ["bird", "car", "chair"]),

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from search.bench.tiny_data import write_tiny_spec
 from search.run import main
-
-from .tiny_data import write_tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 

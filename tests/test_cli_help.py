@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from search import bench, cli, prepare, report
+from search import cli
+from search.anchors import prepare
+from search.bench import core as bench
+from search.bench import report
 from trainables.methods import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +53,9 @@ def test_method_choices_come_from_the_registry_and_a_bad_one_is_one_line(capsys)
 def test_console_scripts_point_at_the_module_mains():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"robust-search": "search.run:main",
-                       "robust-search-report": "search.report:main",
-                       "robust-search-prepare": "search.prepare:main",
-                       "robust-search-bench": "search.bench:main"}
+                       "robust-search-report": "search.bench.report:main",
+                       "robust-search-prepare": "search.anchors.prepare:main",
+                       "robust-search-bench": "search.bench.core:main"}
     for target in scripts.values():
         module, _, func = target.partition(":")
         assert callable(getattr(__import__(module, fromlist=[func]), func))

@@ -5,7 +5,8 @@ The cluster is two ``ray start --block`` processes (head + worker, 2 logical CPU
 takes 2 CPUs (``--cpus-per-worker 2``, its worker function in the Tune trial actor), so two
 concurrent trials must span both nodes. The data is the built-in PACS spec over a fake DomainBed
 tree; ``DOMAINBED_ROOT`` is set in the driver only, so the run also shows the spec's variables
-travelling to the other node's workers in the runtime environment. Every process started here is stopped by its own id.
+travelling to the other node's workers in the runtime environment. Every process started here is
+stopped by its own id.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from search.ray_setup import ClusterError, check_cluster, derive_max_concurrent
-from search.trial import StudySetup
+from search.runspec import RunSpec
+from search.tune.cluster import ClusterError, check_cluster
+from search.tune.trial import StudySetup
 
 from .benchmark_stubs import write_image
 
@@ -30,8 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PACS_DOMAINS = ["art_painting", "cartoon", "photo", "sketch"]
 
+RUN = RunSpec(method="ft", model="m", pretrained=None, data="d")
 
-# --- the checks, without a cluster ---------------------------------------------------------------
+
+# --- the checks, without a cluster ----------------------------------------------------------------
 NODES = [{"NodeID": "a", "NodeManagerAddress": "10.0.0.1"},
          {"NodeID": "b", "NodeManagerAddress": "10.0.0.2"}]
 
@@ -56,30 +60,23 @@ def test_multi_node_refuses_sqlite_and_node_local_storage(tmp_path):
     check_cluster("s3://bucket/runs", "http://h:5000", NODES, lambda m, n: [False, False])
 
 
-def test_max_concurrent_is_derived_from_resources():
-    setup = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
+def test_trial_resources():
+    """What one trial reserves (derive_max_concurrent, which divided the cluster by it, was
+    unused and is gone)."""
+    setup = StudySetup(RUN, storage_path="s",
                        workers_per_trial=2, cpus_per_worker=4, gpus_per_worker=1)
-    assert derive_max_concurrent(setup, cpus=64, gpus=16) == 7       # CPU-bound: 64 // 9
-    assert derive_max_concurrent(setup, cpus=64, gpus=4) == 2        # GPU-bound: 4 // 2
-    small = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
-                       cpus_per_worker=1, gpus_per_worker=0.25)
-    assert derive_max_concurrent(small, cpus=16, gpus=1) == 4        # 4 trials share one GPU
-    assert derive_max_concurrent(small, cpus=16, gpus=1, num_samples=3) == 3
-    assert derive_max_concurrent(small, cpus=1, gpus=0) == 1         # never below 1
     # a one-worker trial trains in its Tune actor: the worker's CPUs only; a worker group adds
     # 1 CPU for the trial actor
-    one = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
+    one = StudySetup(RUN, storage_path="s",
                      cpus_per_worker=2)
     assert one.in_trial_process and one.trial_resources == {"CPU": 2, "GPU": 0}
-    assert derive_max_concurrent(one, cpus=8, gpus=0) == 4
-    group = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
+    group = StudySetup(RUN, storage_path="s",
                        cpus_per_worker=2, trial_runner="worker-group")
     assert not group.in_trial_process and group.trial_resources == {"CPU": 3, "GPU": 0}
-    assert derive_max_concurrent(group, cpus=8, gpus=0) == 2
     assert not setup.in_trial_process                                # 2 workers: a group
 
 
-# --- a real two-node cluster -------------------------------------------------------------------------
+# --- a real two-node cluster ----------------------------------------------------------------------
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -264,12 +261,12 @@ def test_sqlite_store_on_a_cluster_exits_2(cluster):
 
 
 def test_fractional_gpus_are_for_one_worker_trials(monkeypatch):
-    from search import ray_setup
-    from search.ray_setup import ResourceError, check_resources
+    from search.tune import cluster as ray_setup
+    from search.tune.cluster import ResourceError, check_resources
     monkeypatch.setattr(ray_setup.ray, "cluster_resources", lambda: {"CPU": 16, "GPU": 1})
-    ddp = StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s",
+    ddp = StudySetup(RUN, storage_path="s",
                      workers_per_trial=2, gpus_per_worker=0.5)
     with pytest.raises(ResourceError, match="need a GPU each"):
         check_resources(ddp)
-    check_resources(StudySetup(method="ft", model="m", pretrained=None, data="d",
+    check_resources(StudySetup(RUN,
                                storage_path="s", gpus_per_worker=0.25))

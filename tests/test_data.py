@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 
-from search.trial import StudySetup, prepare
+from search.bench.tiny_data import ID_CLASSES, write_tiny_spec
+from search.runspec import RunSpec
+from search.tune.trial import prepare
 from trainables import metrics as M
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.data import DataError, build_task_data, hold_out
 from trainables.spec import load_spec
-
-from .tiny_data import ID_CLASSES, write_tiny_spec
 
 
 @pytest.fixture
@@ -83,8 +83,7 @@ def test_val_is_held_out_from_train_when_absent(spec_path):
 
 
 def test_evaluation_reports_every_set_with_defined_names(spec_path):
-    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec_path),
-                       storage_path="unused")
+    setup = RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=str(spec_path))
     parts = prepare(setup, {})
     out = parts.evaluator.evaluate(parts.model, parts.method, parts.evaluator.report_sets)
     assert set(out) == {M.ID_VAL, M.ID_TEST, M.ood("noisy"), M.OOD_AVG, M.zeroshot("other"),

@@ -1,7 +1,7 @@
 """Every trainable method of the registry: a 2-worker DDP run (CPU, gloo, torch.multiprocessing)
 follows the 1-worker trajectory at the same global batch, step by step, within 1e-4 relative.
 
-What it checks (``search.bench_ddp.compare_ddp``, the code ``python -m search.bench --only ddp``
+What it checks (``search.bench.ddp.compare_ddp``, the code ``python -m search.bench --only ddp``
 runs): the loop's global-batch sharding, the contrastive terms over the global batch (FLYP, ARF's
 three terms, CLIP-CITE's masked L_SCL and its batch-level L_VLD, FLYP's optional same-class mask),
 per-sample template draws and ARF's anchor batches that do not depend on the split, and the
@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.bench_ddp import RTOL, Case, compare_ddp, trainable_cases
-
-from .tiny_data import write_tiny_spec
+from search.bench.ddp import RTOL, Case, compare_ddp, trainable_cases
+from search.bench.tiny_data import write_tiny_spec
 
 # non-default variants whose contrastive term takes another code path
 VARIANTS = [Case("flyp", (("mask_same_class", True),)), Case("arf", (("mask_same_class", True),))]

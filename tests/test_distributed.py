@@ -1,7 +1,7 @@
 """A 2-worker DDP trial (CPU, gloo) under Ray Train follows the 1-worker loss trajectory at the same
 global batch (``ft``; every method is compared without Ray in ``test_ddp_methods.py``).
 
-The two-worker run uses the production path of :func:`search.trial.train_worker`: Ray's
+The two-worker run uses the production path of :func:`search.tune.trial.train_worker`: Ray's
 ``TorchTrainer`` with ``trainables.loop.train(wrap_module=prepare_model,
 make_loader=default_loader)``, ``batch_size`` = the global batch. The loop's
 ``GlobalBatchSampler`` gives rank r of 2 the r-th half of each global batch of the one-worker
@@ -23,22 +23,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.trial import StudySetup, prepare
+from search.bench.tiny_data import write_tiny_spec
+from search.runspec import RunSpec
+from search.tune.trial import StudySetup, prepare
 from trainables.loop import default_loader, train
-
-from .tiny_data import write_tiny_spec
 
 GLOBAL_BATCH = 8
 PARAMS = dict(lr=1e-3, weight_decay=0.0, epochs=3, warmup_steps=0, grad_clip=1.0, seed=0)
 RTOL = 1e-4
 
 
-def _setup(spec: Path, batch_size: int) -> StudySetup:
-    return StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
-                      storage_path="unused", base_params={**PARAMS, "batch_size": batch_size})
+def _setup(spec: Path, batch_size: int) -> RunSpec:
+    return RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
+                   base_params={**PARAMS, "batch_size": batch_size})
 
 
-def _run(setup: StudySetup, wrap_module, make_loader=default_loader
+def _run(setup: RunSpec, wrap_module, make_loader=default_loader
          ) -> tuple[list[float], list[float]]:
     """Train with the one loop; returns (per-step losses of this process, epoch means)."""
     torch.set_num_threads(1)
@@ -63,7 +63,7 @@ def ddp_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    steps, epochs = _run(StudySetup(**config["setup"]), ray.train.torch.prepare_model)
+    steps, epochs = _run(StudySetup.from_dict(config["setup"]).run, ray.train.torch.prepare_model)
     rank = ray.train.get_context().get_world_rank()
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"steps": steps,
                                                                    "epochs": epochs}))
@@ -81,7 +81,7 @@ def test_two_workers_follow_the_one_worker_trajectory(tiny_spec, tmp_path):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from search.trial import setup_dict
+    from search.tune.trial import setup_dict
 
     ref_steps, ref_epochs = _run(_setup(tiny_spec, GLOBAL_BATCH), lambda m: m)
     assert len(ref_steps) == 3 * 32 // GLOBAL_BATCH
@@ -93,7 +93,7 @@ def test_two_workers_follow_the_one_worker_trajectory(tiny_spec, tmp_path):
     try:
         TorchTrainer(
             ddp_worker,
-            train_loop_config={"setup": setup_dict(_setup(tiny_spec, GLOBAL_BATCH)),
+            train_loop_config={"setup": setup_dict(StudySetup(_setup(tiny_spec, GLOBAL_BATCH))),
                                "out": str(tmp_path)},
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from search.bench.tiny_data import write_tiny_spec
+
 from .test_reliability import ROOT, _command, _finish, _start
-from .tiny_data import write_tiny_spec
 
 pytestmark = pytest.mark.slow
 PROJECT = ("ray", "trainables", "search")     # modules the exported model must not need
@@ -99,7 +100,8 @@ def test_registered_model_reproduces_the_reported_accuracy(study):
 import json, sys, mlflow, pandas as pd
 model = mlflow.pyfunc.load_model({uri!r})
 out = model.predict(pd.DataFrame({{"path": {[p for p, _ in study['test']]!r}}}))
-with_bytes = model.predict(pd.DataFrame({{"image": [open(p, "rb").read() for p in {[p for p, _ in study['test']]!r}]}}))
+paths = {[p for p, _ in study['test']]!r}
+with_bytes = model.predict(pd.DataFrame({{"image": [open(p, "rb").read() for p in paths]}}))
 assert list(with_bytes["label"]) == list(out["label"])
 print(json.dumps({{"labels": list(out["label"]),
                   "imported": sorted(m for m in sys.modules if m.split(".")[0] in {PROJECT!r})}}))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from search.export import ExportError, chosen_source, trial_source
+from search.result import TrialRecord
 
 
 def _trial(trial_id: str, objective: float, final: bool = True, error: str | None = None):
     metrics = {"objective": objective, "wise_alpha": 0.4, "ft/id_test/acc": 50.0}
     if final:
         metrics["final"] = 1.0
-    return {"trial_id": trial_id, "config": {"lr": 1e-3}, "metrics": metrics, "error": error,
-            "checkpoint": f"/ckpt/{trial_id}"}
+    return TrialRecord.from_metrics(trial_id, {"lr": 1e-3}, metrics, error, f"/ckpt/{trial_id}")
 
 
 def _summary(soup_id_val: dict[str, float]) -> dict:

@@ -143,7 +143,7 @@ def test_help_readme_and_every_space_say_batch_size_is_global():
 
 # --- python -m search.bench --only ddp: its cases and its verdict --------------------------------
 def test_every_trainable_method_is_compared():
-    from search.bench_ddp import trainable_cases
+    from search.bench.ddp import trainable_cases
     from trainables.methods import METHODS
 
     assert {c.method for c in trainable_cases()} == {
@@ -151,8 +151,8 @@ def test_every_trainable_method_is_compared():
 
 
 def test_bench_ddp_prints_one_line_per_method_and_fails_above_tolerance(monkeypatch, capsys):
-    import search.bench_ddp as bench_ddp
-    from search.bench_ddp import DdpComparison
+    import search.bench.ddp as bench_ddp
+    from search.bench.ddp import DdpComparison
 
     good = DdpComparison("ft", [1.0, 0.9], [1.0, 0.9], 2e-7, 1e-7, True)
     bad = DdpComparison("flyp", [1.0, 0.9], [1.0, 1.2], 0.33, 0.1, True)

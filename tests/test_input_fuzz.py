@@ -15,12 +15,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from search.bench.tiny_data import write_tiny_spec
 from search.cli import UsageError, parse_set
 from search.space import load_space
 from trainables.errors import InputError
 from trainables.spec import load_spec
-
-from .tiny_data import write_tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PEAK_BYTES = 64 * 1024 * 1024

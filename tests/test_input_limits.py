@@ -18,11 +18,11 @@ import yaml
 from PIL import Image
 
 from search import lock, validate
+from search.bench.tiny_data import write_tiny_spec
 from search.run import main
 from trainables.errors import InputError
 
 from .test_cli import FIXED, ROOT, _run, _stored_inputs, _stored_study
-from .tiny_data import write_tiny_spec
 
 BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [
     f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]) + "\n"
@@ -50,6 +50,7 @@ def _space_with(tmp_path: Path, text_edit=None, **params) -> str:
 
 def _weights(tmp_path: Path, kind: str) -> str:
     import torch
+
     from trainables.checkpoint import save_weights
     from trainables.models import create_clip
     path = tmp_path / f"w.{'pt' if kind == 'corrupt-pt' else 'safetensors'}"
@@ -209,7 +210,7 @@ RESUME = FIXED + ["--resume", "--gpus-per-worker", "1"]
 
 
 @pytest.mark.parametrize("change, needle", [
-    ({"num_samples": 1}, "extending it to 4 is not supported"),
+    ({"num_samples": 8}, "--num-samples 4 cannot shrink it"),
     ({"seed": 7}, "--seed differs"),
     ({"model": "tiny-clip-32"}, "--model differs"),
     ({"method": "lp"}, "--method differs"),
@@ -223,6 +224,19 @@ def test_resume_with_changed_inputs_is_refused(change, needle, capsys, tmp_path,
     code, err = _run(capsys, RESUME + ["--data", str(spec), "--output", str(out)])
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
+    assert sorted(out.rglob("*")) == before
+
+
+def test_resume_with_a_larger_budget_passes_the_resume_check(capsys, tmp_path, spec,
+                                                             monkeypatch):
+    """A study stored with 1 trial, resumed with the space's 4: an extension, not a difference
+    (tests/test_reliability.py::test_resume_with_more_samples_extends_the_study runs one); here
+    the run then stops at the GPU check, before Ray starts, and changes nothing."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    before = _stored_study(out, _stored_inputs(spec, num_samples=1), "finished")
+    code, err = _run(capsys, RESUME + ["--data", str(spec), "--output", str(out)])
+    assert code == 2 and "GPUs" in err and "differs" not in err and "shrink" not in err, err
     assert sorted(out.rglob("*")) == before
 
 
@@ -278,13 +292,13 @@ def test_out_of_range_wide_image_is_refused(tmp_path):
 
 
 def test_every_bad_input_error_is_an_input_error():
-    from search.anchors import AnchorError
+    from search.anchors.build import AnchorError
     from search.cli import UsageError
-    from search.ray_setup import ClusterError, ResourceError
     from search.resume import ResumeError
     from search.space import SpaceError
     from search.study import StudyError
-    from search.tracking import TrackingError
+    from search.tracking.recorder import TrackingError
+    from search.tune.cluster import ClusterError, ResourceError
     from trainables.config import ConfigError
     from trainables.errors import DataError
     from trainables.models import ModelError

@@ -16,10 +16,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search import lock
+from search.bench.tiny_data import write_tiny_spec
 
-from .test_reliability import (STUDY, _check_layout, _cleanup, _command, _finish, _paused_worker,
-                               _runs, _start, _trial_results, _wait_for)
-from .tiny_data import write_tiny_spec
+from .test_reliability import (
+    STUDY,
+    _check_layout,
+    _cleanup,
+    _command,
+    _finish,
+    _paused_worker,
+    _runs,
+    _start,
+    _trial_results,
+    _wait_for,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
-from search.trial import StudySetup, prepare
+from search.bench.tiny_data import write_tiny_spec
+from search.runspec import RunSpec
+from search.tune.trial import prepare
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.loop import NonFiniteLossError, train
 from trainables.methods import METHODS, Batch
-
-from .tiny_data import write_tiny_spec
 
 TRAINING = sorted(m for m, cls in METHODS.items() if not cls.trains_nothing)
 
@@ -22,11 +22,11 @@ def tiny_spec(tmp_path_factory):
     return write_tiny_spec(tmp_path_factory.mktemp("tiny"), per_class=8)
 
 
-def _setup(spec, method: str, **params) -> StudySetup:
+def _setup(spec, method: str, **params) -> RunSpec:
     base = dict(lr=3e-3, weight_decay=0.0, epochs=4, batch_size=8, warmup_steps=0, seed=0)
     base.update(params)
-    return StudySetup(method=method, model="micro-clip-16", pretrained=None, data=str(spec),
-                      storage_path="unused", base_params=base)
+    return RunSpec(method=method, model="micro-clip-16", pretrained=None, data=str(spec),
+                   base_params=base)
 
 
 def _fixed_batch(parts) -> Batch:

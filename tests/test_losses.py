@@ -14,8 +14,11 @@ from trainables.heads import build_classifier, context_weights, zero_shot_weight
 from trainables.methods import Batch, Stage, get_method_class
 from trainables.methods.car_ft import context_kl
 from trainables.methods.clip_cite import dva_loss, scl_loss, vld_loss
-from trainables.methods.common import (CLASS_PROMPT, contrastive_loss,
-                                       same_class_masked_contrastive_loss)
+from trainables.methods.common import (
+    CLASS_PROMPT,
+    contrastive_loss,
+    same_class_masked_contrastive_loss,
+)
 from trainables.methods.l2_sp import l2sp_penalty
 
 

@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from trainables.config import TrainConfig, split_config
-from trainables.methods import (METHODS, Batch, get_method_class, is_head, is_image_tower,
-                                is_logit_scale, is_text_tower)
-from trainables.methods.flyp import MAX_LOGIT_SCALE
-from trainables.models import ClipClassifier
+from trainables.methods import (
+    METHODS,
+    Batch,
+    get_method_class,
+    is_head,
+    is_image_tower,
+    is_logit_scale,
+    is_text_tower,
+)
+from trainables.models import MAX_LOGIT_SCALE, ClipClassifier
 from trainables.wise import interpolate
 
 ALL = sorted(METHODS)
@@ -187,6 +193,29 @@ def test_registry_entry(name):
     for f in dataclasses.fields(params):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(params, f.name, getattr(params, f.name))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_paper_defaults_are_valid_settings(name):
+    """Each class's paper defaults are TrainConfig / Params keys the method accepts, and its
+    paper learning rates are among them."""
+    cls = METHODS[name]
+    split_config(dict(cls.paper_defaults), cls.Params)
+    assert set(cls.paper_lrs) <= set(cls.paper_defaults) or not cls.paper_defaults
+
+
+def test_report_defaults_are_the_papers_scaled_once():
+    """The methods report's settings (docs/methods.md): the paper lrs times LR_SCALE, the rest
+    as the class gives them, over the common settings."""
+    from search.bench.report import COMMON, LR_SCALE, defaults
+    assert defaults("zeroshot") == COMMON
+    assert defaults("ft") == {**COMMON, "lr": 3e-5 * LR_SCALE}
+    assert defaults("lp") == {**COMMON, "lr": 1e-2, "weight_decay": 0.0}
+    assert defaults("lp-ft") == {**COMMON, "lr": 3e-5 * LR_SCALE, "lp_epochs": 1, "lp_lr": 1e-2}
+    assert defaults("clip-cite") == {**COMMON, "lr": 5e-6 * LR_SCALE, "lambda_scl": 0.7,
+                                     "eta_vld": 0.1}
+    assert defaults("ce-swa") == {**COMMON, "lr": 1e-5 * LR_SCALE, "weight_decay": 0.0,
+                                  "swa_lr": 1e-4 * LR_SCALE, "swa_epochs": 1}
 
 
 def test_unknown_method_lists_choices():

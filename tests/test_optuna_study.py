@@ -13,10 +13,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search import optuna_study as O
-from search.space import SpaceError, load_space, startup_trials
+from search.result import FINAL, OBJECTIVE
 from search.soups import greedy_soup
-from search.trial import FINAL, OBJECTIVE
+from search.space import SpaceError, load_space, startup_trials
+from search.tune import optuna_study as O
 
 from .test_soups import _ingredient
 
@@ -220,9 +220,8 @@ def test_greedy_soup_rejects_an_ingredient_that_only_ties(tmp_path):
 # --- the command line: bad storage / warm start -> one line, exit 2, nothing written ------------
 @pytest.mark.parametrize("case", ["warm start of another method", "storage is the MLflow store"])
 def test_bad_optuna_input_exits_2_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    from search.bench.tiny_data import write_tiny_spec
     from search.run import main
-
-    from .tiny_data import write_tiny_spec
     monkeypatch.chdir(ROOT)
     out = tmp_path / "out"
     args = ["--method", "ft", "--space", "spaces/ft.yaml", "--set", "weight_decay=0.1",
@@ -247,10 +246,11 @@ def test_tuner_names_its_metric_sets_one_concurrency_limit_and_warns(tmp_path, m
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search import tuner
-    from search.trial import StudySetup
+    from search.runspec import RunSpec
+    from search.tune import tuner
+    from search.tune.trial import StudySetup
     monkeypatch.setattr(tuner, "make_trainable", lambda setup: (lambda config: None))
-    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data="unused",
+    setup = StudySetup(RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=""),
                        storage_path=str(tmp_path))
     built = tuner.make_tuner(setup, {"lr": tune.loguniform(1e-4, 3e-3)}, study_name="s",
                              sampler="tpe", seed=0, scheduler="asha", grace_period=1,

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from search.bench.tiny_data import write_tiny_spec
+from search.result import TrialResult
+from search.runspec import RunSpec
 from search.selection import best_trial, select_alpha
-from search.trial import StudySetup, prepare, wise_evaluation
+from search.tune.trial import prepare, wise_evaluation
 from trainables import metrics as M
 from trainables.loop import train
-
-from .tiny_data import write_tiny_spec
 
 TRIALS = [{"lr": 3e-4}, {"lr": 3e-3}]
 
@@ -43,18 +44,17 @@ def _replace_ood_images(root) -> None:
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / r["path"])
 
 
-def _study(spec) -> tuple[int, float, list[dict[str, float]]]:
+def _study(spec) -> tuple[int, float, list[TrialResult]]:
     results = []
     for params in TRIALS:
-        setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
-                           storage_path="unused",
-                           base_params=dict(epochs=3, batch_size=8, warmup_steps=0, seed=0,
-                                            weight_decay=0.0))
+        setup = RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
+                        base_params=dict(epochs=3, batch_size=8, warmup_steps=0, seed=0,
+                                         weight_decay=0.0))
         parts = prepare(setup, params)
         train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg)
         results.append(wise_evaluation(parts, parts.method.final_state_dict(parts.model), setup))
     best = best_trial(results, "objective")
-    return best, results[best]["wise_alpha"], results
+    return best, results[best].alpha, results
 
 
 @pytest.mark.parametrize("corrupt", [_permute_ood_labels, _replace_ood_images])
@@ -64,12 +64,12 @@ def test_changing_ood_data_never_changes_what_is_selected(tmp_path, corrupt):
     corrupt(tmp_path / "b")
     best_a, alpha_a, res_a = _study(original)
     best_b, alpha_b, res_b = _study(tmp_path / "b" / "spec.yaml")
-    ood = "wise/" + M.ood("noisy")
-    assert any(abs(ra[ood] - rb[ood]) > 0 for ra, rb in zip(res_a, res_b)), \
+    ood = M.ood("noisy")
+    assert any(abs(ra.wise[ood] - rb.wise[ood]) > 0 for ra, rb in zip(res_a, res_b)), \
         "the corrupted OOD set should score differently (else this test proves nothing)"
     assert (best_a, alpha_a) == (best_b, alpha_b)
     for ra, rb in zip(res_a, res_b):
-        assert ra["objective"] == rb["objective"] and ra["wise_alpha"] == rb["wise_alpha"]
+        assert ra.objective == rb.objective and ra.alpha == rb.alpha
 
 
 def test_select_alpha_sees_only_the_id_val_callable():
@@ -100,16 +100,15 @@ def test_final_report_equals_a_full_evaluation_at_both_alphas(tmp_path, strategy
 
     from trainables.wise import interpolate
     spec = write_tiny_spec(tmp_path / "a", per_class=8)
-    setup = StudySetup(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
-                       storage_path="unused", wise_strategy=strategy,
-                       base_params=dict(epochs=2, batch_size=8, warmup_steps=0, seed=0))
+    setup = RunSpec(method="ft", model="micro-clip-16", pretrained=None, data=str(spec),
+                    wise_strategy=strategy,
+                    base_params=dict(epochs=2, batch_size=8, warmup_steps=0, seed=0))
     parts = prepare(setup, {"lr": 3e-3})
     train(parts.model, parts.method, parts.ctx, parts.data, parts.train_cfg)
     theta_ft = parts.method.final_state_dict(parts.model)
     out = wise_evaluation(parts, theta_ft, replace(setup))
     keys = parts.method.trained_names(parts.model)
-    for prefix, alpha in (("ft", 1.0), ("wise", out["wise_alpha"])):
+    for got, alpha in ((out.finetuned, 1.0), (out.wise, out.alpha)):
         parts.model.load_state_dict(interpolate(parts.theta_zs, theta_ft, alpha, keys))
         full = parts.evaluator.evaluate(parts.model, parts.method, parts.evaluator.report_sets)
-        got = {k[len(prefix) + 1:]: v for k, v in out.items() if k.startswith(prefix + "/")}
         assert got == full

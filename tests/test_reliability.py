@@ -3,7 +3,7 @@
 Each test runs ``python -m search.run`` as a child process in its own session (micro CLIP, tiny
 data, 2 epochs), so the test can kill it, and afterwards kills whatever is left of that session
 (the local Ray instance the driver started) by process id: no ``ray stop``, which would also stop
-other people's Ray instances on the machine. Faults are injected with ``search/faults.py``
+other people's Ray instances on the machine. Faults are injected with ``search/tune/faults.py``
 (``ROBUST_SEARCH_FAULT``) or a real NaN (``--set lr=1e6``).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from .tiny_data import write_tiny_spec
+from search.bench.tiny_data import write_tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "ft-search"
@@ -279,7 +279,7 @@ def _searcher_trials(out: Path) -> list[Any]:
     order."""
     newest = max((out / "ray" / STUDY).glob("searcher-state-*.pkl"), key=lambda p: p.name)
     with newest.open("rb") as fh:
-        state = pickle.load(fh)
+        state = pickle.load(fh)  # noqa: S301 -- the searcher state Tune itself wrote in tmp_path
     return state["_ot_study"].trials
 
 
@@ -349,3 +349,59 @@ def test_killed_driver_resumes(tmp_path, data):
         history = client.get_metric_history(child.info.run_id, "id_val/acc")
         assert sorted(m.step for m in history) == [1, 2], child.data.tags["trial_id"]
     _check_layout(out)
+
+
+@pytest.mark.slow
+def test_resume_with_more_samples_extends_the_study(tmp_path, data):
+    """A finished 2-trial study resumed with ``--num-samples 3`` runs one more trial as a second
+    Tune experiment (``ray/ft-search-more-1``) on the same Optuna study and MLflow parent run;
+    the summary, the soups and the export see all 3 trials. Resumed again with 3: nothing to do.
+    With 2: a one-line error. The console of the first run has Tune's status table with the
+    objective and ID val, and no per-trial result dump or TensorBoard hint (issue 18)."""
+    import optuna
+
+    out = tmp_path / "out"
+    cmd = _command(tmp_path, data, 2, "--set", "epochs=1")
+    assert _finish(_start(cmd, tmp_path, "first")) == 0, (tmp_path / "first.err").read_text()
+    console = (tmp_path / "first.out").read_text()
+    assert "objective" in console and "ID val α=1" in console, console
+    assert "TensorBoard" not in console and "wise_curve/" not in console, console
+
+    more = cmd + ["--resume", "--num-samples", "3"]
+    assert _finish(_start(more, tmp_path, "more")) == 0, (tmp_path / "more.err").read_text()
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == {"total": 3, "finished": 3, "failed": 0, "stopped_early": 0}
+    state = json.loads((out / "ray" / STUDY / "study.json").read_text())
+    assert state["status"] == "finished" and state["inputs"]["num_samples"] == 3
+    assert state["experiments"] == [
+        {"name": STUDY, "num_samples": 2, "finished": True},
+        {"name": f"{STUDY}-more-1", "num_samples": 1, "finished": True}]
+    extra = list((out / "ray" / f"{STUDY}-more-1").glob("run_trial_*/result.json"))
+    assert len(extra) == 1
+    assert len(_trial_results(out)) == 2            # the first experiment kept its 2 trials
+
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert len({round(t.params["lr"], 12) for t in study.trials}) == 3   # no replayed draw
+
+    parent, children = _runs(out)
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert sorted(c.info.run_name.split()[0] for c in children) == [
+        "trial-01", "trial-02", "trial-03"]        # numbered on across the experiments
+    assert len({c.data.tags["trial_id"] for c in children}) == 3
+    assert [c.data.tags["trial_id"] for c in children
+            if c.data.tags.get("best") == "true"] == [summary["best_trial"]]
+    assert summary["export"]["path"] and (out / "model" / "model.json").is_file()
+
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "run.lock")
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert _finish(_start(more, tmp_path, "again")) == 0
+    assert "already finished" in (tmp_path / "again.out").read_text()
+    assert sorted(p for p in out.rglob("*") if p.is_file() and p.name != "run.lock") == files
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+
+    assert _finish(_start(cmd + ["--resume"], tmp_path, "fewer")) == 2
+    err = (tmp_path / "fewer.err").read_text().strip().splitlines()
+    assert len(err) == 1 and "cannot shrink it" in err[0], err

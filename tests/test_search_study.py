@@ -15,8 +15,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from search.bench.tiny_data import write_tiny_spec
+
 from .test_reliability import STUDY, _check_layout, _finish, _start, _trial_results
-from .tiny_data import write_tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def _run(folder: Path, data: Path, num_samples: int, *extra: str) -> dict:
 def test_optuna_study_analysis_soups_off_and_warm_start(tmp_path, data):
     from ray import tune
 
-    from search.tuner import run_trial
+    from search.tune.tuner import run_trial
 
     # --- study A: persistent Optuna study, soups off -----------------------------------------
     summary = _run(tmp_path / "a", data, 3)
@@ -77,6 +78,14 @@ def test_optuna_study_analysis_soups_off_and_warm_start(tmp_path, data):
     best = grid.get_best_result()
     assert best.config == summary["best_params"] == study.best_params
     assert best.metrics["objective"] == study.best_value
+    # Ray 2.60's ExperimentAnalysis reads no metric from the experiment folder (README, "Ray's
+    # analysis tools"): it needs the metric named; should a later Ray read it, this fails and
+    # README's advice can drop the arguments
+    path = str(out / "ray" / STUDY)
+    with pytest.raises(ValueError, match="pass a `metric`"):
+        _ = tune.ExperimentAnalysis(path).best_config
+    analysis = tune.ExperimentAnalysis(path, default_metric="objective", default_mode="max")
+    assert analysis.best_config == best.config
 
     # --- study B: warm-started from A --------------------------------------------------------
     summary_b = _run(tmp_path / "b", data, 3, "--warm-start", str(out))

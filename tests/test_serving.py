@@ -1,6 +1,7 @@
 """The exported model through an MLflow tracking server: logged and registered over HTTP
-(``search.model_registry.log_model``), loaded with
-``mlflow.pyfunc.load_model("models:/NAME/1")`` in a fresh process, and served by ``mlflow models serve --env-manager local`` on 127.0.0.1, offline;
+(``search.tracking.registry.log_model``), loaded with
+``mlflow.pyfunc.load_model("models:/NAME/1")`` in a fresh process, and served by
+``mlflow models serve --env-manager local`` on 127.0.0.1, offline;
 each gives the predictions of the folder itself."""
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from clipmodel import folder as model_folder
-from search.model_registry import log_model
+from search.tracking.registry import log_model
 from trainables.heads import build_classifier
 
 from .conftest import MICRO_MODEL
@@ -97,7 +98,8 @@ def test_tracking_server_registry_and_serving(tmp_path, micro_bundle, tiny_task)
         assert logged["registered_model"] == "served" and logged["version"] == 1
         assert client.get_run(run).info.status == "FINISHED"
 
-        code = (f"import json, mlflow, pandas as pd\nm = mlflow.pyfunc.load_model('models:/served/1')"
+        code = (f"import json, mlflow, pandas as pd\n"
+                f"m = mlflow.pyfunc.load_model('models:/served/1')"
                 f"\nprint(json.dumps(list(m.predict(pd.DataFrame({{'path': "
                 f"{[str(p) for p in images]!r}}}))['label'])))")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": uri}

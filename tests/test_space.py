@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-import search.space as space_mod
 import yaml
 
+import search.space as space_mod
 from search.space import Distribution, SpaceError, load_space, space_as_dict, tune_param_space
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "spaces").glob("*.yaml"))

@@ -10,10 +10,11 @@ import pytest
 import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
-from search.plots import frontier_data, study_frontier_png
-from search.mlflow_names import curve_table, metrics_of, tracked, trial_run_name, wise_curve
-from search.tracking import StudyRecorder, TrackingError, ensure_tracking
-from search.tune_callback import MlflowTuneCallback
+from search.result import TrialRecord
+from search.tracking.callback import MlflowTuneCallback
+from search.tracking.names import curve_table, metrics_of, tracked, trial_run_name, wise_curve
+from search.tracking.plots import frontier_data, study_frontier_png
+from search.tracking.recorder import StudyRecorder, TrackingError, ensure_tracking
 from trainables import metrics as M
 
 ALPHAS = [i / 10 for i in range(11)]
@@ -87,7 +88,8 @@ def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set
 
 def test_study_parent_children_metrics_and_artifacts(client: MlflowClient, tmp_path: Path) -> None:
     recorder = start(client, tmp_path)
-    callback = cloudpickle.loads(cloudpickle.dumps(recorder.callback()))  # as Tuner pickles it
+    # as Tuner pickles it
+    callback = cloudpickle.loads(cloudpickle.dumps(MlflowTuneCallback(recorder)))
     trials = [FakeTrial(f"t_{i:05d}", {"lr": 10.0 ** -(i + 3), "epochs": 2}) for i in range(3)]
     run_trial(callback, trials[0])
     run_trial(callback, trials[1])
@@ -101,16 +103,13 @@ def test_study_parent_children_metrics_and_artifacts(client: MlflowClient, tmp_p
 
     recorder.log_pretrained({"id_val/acc": 70.0, "id_test/acc": 69.0, "ood/avg_acc": 60.0,
                              "zeroshot/avg_acc": 55.0})
-    curve = wise_curve(trials[0].last_result)
-    frontier = [{"trial_id": t.trial_id, "curve": curve, "selected_alpha": 0.6} for t in trials[:2]]
+    frontier = [TrialRecord.from_metrics(t.trial_id, t.config, t.last_result) for t in trials[:2]]
     soup = {"trials": ["t_00000", "t_00001"], "selected_alpha": 0.7,
             "soup": {"id_test/acc": 88.0, "ood/avg_acc": 80.0},
             "wise": {"id_test/acc": 89.0, "ood/avg_acc": 81.0}}
     table = {"zeroshot": {"id_test/acc": 69.0, "zeroshot/avg_acc": 55.0},
              "finetuned": {"id_test/acc": 91.0}, "wise": {"id_test/acc": 65.39999999999999}}
-    recorder.finish(best={"trial_id": "t_00000", "params": trials[0].config, "wise_alpha": 0.6,
-                          "metrics": trials[0].last_result},
-                    table=table, frontier_points=frontier,
+    recorder.finish(best=frontier[0], table=table, frontier=frontier,
                     soups={"uniform": soup, "greedy": dict(soup)}, importances={"lr": 0.8})
 
     runs = children(client, recorder)
@@ -200,8 +199,7 @@ def test_trial_run_names() -> None:
 
 def test_wise_table_adds_zero_shot_and_fine_tuned_ends() -> None:
     curve = {0.3: {"id_val/acc": 80.0}, 0.7639: {"id_val/acc": 82.0}}
-    table = curve_table(curve, {"ft/id_val/acc": 81.0, "ft/ood/a/acc": 50.0,
-                                "ft/ood/avg_acc": 50.0},
+    table = curve_table(curve, {"id_val/acc": 81.0, "ood/a/acc": 50.0, "ood/avg_acc": 50.0},
                         {"id_val/acc": 70.0, "ood/a/acc": 60.0, "ood/avg_acc": 60.0})
     assert table["alpha"] == [0.0, 0.3, 0.7639, 1.0]
     assert table["id_val/acc"] == [70.0, 80.0, 82.0, 81.0]
@@ -231,7 +229,7 @@ def test_frontier_marks_the_selected_alpha_zero_shot_and_both_soups(tmp_path: Pa
 
 def test_resume_reuses_parent_and_children(client: MlflowClient, tmp_path: Path) -> None:
     recorder = start(client, tmp_path)
-    callback = recorder.callback()
+    callback = MlflowTuneCallback(recorder)
     pickled = cloudpickle.dumps(callback)  # what Tuner.restore gets back
     finished, killed = FakeTrial("t_00000", {"lr": 1e-3}), FakeTrial("t_00001", {"lr": 1e-4})
     run_trial(callback, finished)

@@ -1,4 +1,4 @@
-"""Where a trial trains (``search.plan``), on the plan alone: no GPU needed.
+"""Where a trial trains (``search.tune.plan``), on the plan alone: no GPU needed.
 
 By default a trial that uses a GPU, or several workers, runs under a Ray Train worker group and a
 one-worker CPU trial in the reused Tune trial actor; ``--trial-runner`` picks either way. The
@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.plan import plan_trial
-from search.trial import StudySetup
+from search.runspec import RunSpec
+from search.tune.plan import plan_trial
+from search.tune.trial import StudySetup
 from trainables.device import loader_workers, prefetch_factor, trial_device
 
 
 def _setup(**kw) -> StudySetup:
-    return StudySetup(method="ft", model="m", pretrained=None, data="d", storage_path="s", **kw)
+    return StudySetup(RunSpec(method="ft", model="m", pretrained=None, data="d"), storage_path="s",
+                      **kw)
 
 
 def test_gpu_trial_is_a_worker_group_and_cpu_trial_runs_in_the_actor_by_default():
@@ -61,7 +63,7 @@ def test_the_flag_picks_either_way_explicitly():
 
 
 def test_tuner_and_trainable_follow_the_plan(tmp_path):
-    from search.tuner import make_trainable, make_tuner
+    from search.tune.tuner import make_trainable, make_tuner
 
     def tuner(setup: StudySetup):
         return make_tuner(setup, {}, study_name="s", sampler="tpe", seed=0, scheduler="fifo",
@@ -104,8 +106,8 @@ def test_loader_workers_and_prefetch_sized_from_cpus():
 
 
 def test_actor_runner_with_two_workers_is_bad_input(capsys, tmp_path, monkeypatch):
+    from search.bench.tiny_data import write_tiny_spec
     from search.run import main
-    from .tiny_data import write_tiny_spec
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     spec = write_tiny_spec(tmp_path / "spec", per_class=2)
     out = tmp_path / "out"
@@ -134,7 +136,7 @@ def test_fractional_gpu_trials_share_a_logical_gpu(tmp_path):
     import ray
     from ray import tune
 
-    from search.ray_session import RaySession
+    from search.tune.session import RaySession
 
     setup = _setup(gpus_per_worker=0.5, cpus_per_worker=1, trial_runner="actor")
     plan = setup.plan

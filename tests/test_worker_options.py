@@ -1,6 +1,6 @@
 """The trial worker without Ray, and the loop's GPU-minded options on CPU.
 
-``search.trial.run_worker`` with a :class:`~search.trial.LocalSession` runs a whole trial
+``search.tune.trial.run_worker`` with a :class:`~search.tune.trial.LocalSession` runs a whole trial
 (training, per-epoch ID val, WiSE selection, report) in this process; ``TrainConfig.compile``
 compiles the training step with ``torch.compile`` and trains the same trajectory as eager; the
 CUDA-only settings (fused AdamW, TF32, loader workers) leave a CPU run's loader as it was.
@@ -10,11 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.trial import FINAL, OBJECTIVE, LocalSession, StudySetup, prepare, run_worker, setup_dict
+from search.bench.tiny_data import write_tiny_spec
+from search.result import FINAL, OBJECTIVE
+from search.runspec import RunSpec
+from search.tune.trial import (
+    LocalSession,
+    StudySetup,
+    prepare,
+    run_worker,
+    setup_dict,
+)
 from trainables.loop import default_loader, train
 from trainables.sampling import GlobalBatchSampler
-
-from .tiny_data import write_tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +29,17 @@ def tiny_spec(tmp_path_factory):
     return write_tiny_spec(tmp_path_factory.mktemp("opts"), per_class=8)
 
 
-def _setup(spec, method: str = "ft", **params) -> StudySetup:
+def _setup(spec, method: str = "ft", **params) -> RunSpec:
     base = dict(lr=1e-3, weight_decay=0.0, epochs=2, batch_size=8, warmup_steps=0, seed=0,
                 max_steps_per_epoch=2)
     base.update(params)
-    return StudySetup(method=method, model="micro-clip-16", pretrained=None, data=str(spec),
-                      storage_path="unused", wise_grid=(0.0, 0.5, 1.0), base_params=base)
+    return RunSpec(method=method, model="micro-clip-16", pretrained=None, data=str(spec),
+                   wise_grid=(0.0, 0.5, 1.0), base_params=base)
 
 
 def test_run_worker_without_ray_reports_every_epoch_and_the_final_result(tiny_spec):
     session = LocalSession(torch.device("cpu"))
-    run_worker({"params": {}, "setup": setup_dict(_setup(tiny_spec, "flyp")),
+    run_worker({"params": {}, "setup": setup_dict(StudySetup(_setup(tiny_spec, "flyp"))),
                 "run_name": "local"}, session)
     *epochs, final = session.reports
     assert [r["epoch"] for r in epochs] == [1, 2]

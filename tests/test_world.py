@@ -35,7 +35,8 @@ def _rows(root: Path, rel: str) -> list[dict[str, str]]:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_same_seed_same_bytes_other_seed_differs(world: Path, tmp_path: Path) -> None:
@@ -113,7 +114,8 @@ def test_context_labels_are_styles(world: Path) -> None:
 def test_corpus_and_captions(world: Path) -> None:
     corpus = _rows(world, "pretrain/corpus.csv")
     assert list(corpus[0]) == G.CORPUS_COLUMNS
-    assert {r["label"] for r in corpus} == set(R.SHAPES) and {r["style"] for r in corpus} == set(R.STYLES)
+    assert {r["label"] for r in corpus} == set(R.SHAPES)
+    assert {r["style"] for r in corpus} == set(R.STYLES)
     train = _rows(world, "id/train.csv")
     caps = _rows(world, "id/captions.csv")
     assert [r["path"] for r in caps] == [r["path"] for r in train]

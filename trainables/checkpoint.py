@@ -9,7 +9,6 @@ so a kill never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_write, atomic_write_text
 from .loop import LoopState
 
 WEIGHTS = "model.safetensors"
@@ -24,18 +24,12 @@ CONFIG = "config.json"
 LOOP_STATE = "loop_state.pt"
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> Path:
     """Write a state dict as safetensors (contiguous CPU copies; shared tensors de-duplicated)."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    _atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
     return path
 
 
@@ -50,10 +44,9 @@ def save_checkpoint(directory: str | Path, state_dict: dict[str, torch.Tensor],
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(directory / WEIGHTS, state_dict)
-    _atomic(directory / CONFIG,
-            lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True, default=str)))
+    atomic_write_text(directory / CONFIG, json.dumps(config, indent=2, sort_keys=True, default=str))
     if loop_state is not None:
-        _atomic(directory / LOOP_STATE, lambda p: torch.save(asdict(loop_state), p))
+        atomic_write(directory / LOOP_STATE, lambda p: torch.save(asdict(loop_state), p))
     return directory
 
 

@@ -6,7 +6,6 @@ a typo in a space file fails before anything trains. Below this edge nothing rea
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 import typing
@@ -72,8 +71,6 @@ class TrainConfig:
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert ``value`` to the dataclass field's type (YAML/Tune give ints for floats etc.)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"typing": typing}, {})  # noqa: S307 - our own annotations
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -119,9 +116,4 @@ def split_config(values: Mapping[str, Any], method_params_cls: type) -> tuple[Tr
     return train, params
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as a plain dict (for logging)."""
-    return dataclasses.asdict(obj)
-
-
-__all__ = ["ConfigError", "TrainConfig", "build_dataclass", "split_config", "to_dict", "field"]
+__all__ = ["ConfigError", "TrainConfig", "build_dataclass", "split_config"]

@@ -19,10 +19,15 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from .errors import DataError
-from .images import (CropBorder, ImageTextPairs, LabeledImages,  # noqa: F401 (re-exported)
-                     load_image, pair_collate)
-from .sampling import (NEW_SET, hold_out, only_base, only_new,  # noqa: F401 (hold_out
-                       sample_shots, val_shots)                 # re-exported)
+from .images import CropBorder, ImageTextPairs, LabeledImages, load_image, pair_collate  # noqa: F401 (re-exported)
+from .sampling import (  # noqa: F401 (hold_out
+    NEW_SET,
+    hold_out,
+    only_base,
+    only_new,
+    sample_shots,  # re-exported)
+    val_shots,
+)
 from .spec import DataSpec, Split, Task
 from .spec_env import env_vars  # noqa: F401 (re-exported)
 

@@ -2,7 +2,7 @@
 
 No Ray import here: the caller passes what Ray assigned (``ray.get_runtime_context()
 .get_accelerator_ids()["GPU"]``), so the same function serves a reused Tune trial actor, a
-plain process (``search.bench_gpu``) and the tests.
+plain process (``search.bench.gpu``) and the tests.
 """
 from __future__ import annotations
 

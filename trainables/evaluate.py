@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 
 from . import metrics as M
 from .data import LabeledImages, TaskData
-from .spec import Template
 from .heads import zero_shot_weights
 from .methods.base import Method, is_text_tower
 from .sampling import NEW_SET
 from .scoring import Scoring, harmonic_mean, project, score
+from .spec import Template
 
 SELECTION = ("id_val",)
 

@@ -10,7 +10,6 @@ from torch.utils.data import Dataset
 
 from .errors import DataError
 
-
 #: Pillow modes of more than 8 bits per channel: 16-bit greyscale (PNG, TIFF) and 32-bit integer.
 #: ``Image.convert("RGB")`` clips them at 255 (a 16-bit photo becomes near-binary), so they are
 #: scaled to 8 bits here instead.

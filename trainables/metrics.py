@@ -74,7 +74,7 @@ def is_selectable(name: str) -> bool:
     return name == ID_VAL or name.endswith("/" + ID_VAL)
 
 
-# --- MLflow names (search/tracking.py) -----------------------------------------------------------
+# --- MLflow names (search/tracking/names.py) --------------------------------------------------
 # One namespace on the study run and its trial runs: a model's prefix, then the metric name above.
 PRETRAINED = "pretrained"      # the zero-shot model θ_zs (α = 0), evaluated once per study
 FINETUNED = "ft"               # θ_ft (α = 1)

@@ -10,6 +10,7 @@ online) or a local weights file (``.safetensors``, or a torch checkpoint loaded 
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class ModelError(InputError):
 
 
 def register_model_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Register every ``*.json`` architecture in ``config_dir`` with open_clip; returns the names."""
+    """Register every ``*.json`` architecture in ``config_dir`` with open_clip; returns names."""
     names = []
     for path in sorted(config_dir.glob("*.json")):
         open_clip.add_model_config(path)
@@ -59,8 +60,18 @@ class ClipBundle:
     pretrained: str | None
 
 
-def _is_local_file(pretrained: str) -> bool:
+def is_local_weights(pretrained: str) -> bool:
+    """Whether ``--pretrained`` names a local weights file (a path or a weights file name), not
+    an open_clip tag such as ``openai``."""
     return os.sep in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+
+
+def default_pretrained(model: str | None, pretrained: str | None) -> str | None:
+    """``pretrained`` when given; else the shipped weights for the default model and random
+    initialisation (None) for any other architecture."""
+    if pretrained is not None:
+        return pretrained
+    return DEFAULT_PRETRAINED if (model or DEFAULT_MODEL) == DEFAULT_MODEL else None
 
 
 def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
@@ -73,7 +84,7 @@ def create_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRET
     if name not in open_clip.list_models():
         raise ModelError(f"unknown model architecture {name!r}: use one of open_clip.list_models() "
                          f"or add a JSON config under {CONFIG_DIR}")
-    if pretrained and _is_local_file(pretrained):
+    if pretrained and is_local_weights(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise ModelError(f"weights file not found: {path} (pass --pretrained with an existing "
@@ -122,9 +133,15 @@ def _check_finite(clip: nn.Module, pretrained: str) -> None:
                          f"tensor(s), e.g. {bad[0]}: pass weights that are finite")
 
 
-def logit_scale(clip: nn.Module) -> torch.Tensor:
-    """CLIP's learned temperature ``s = exp(logit_scale)`` (a 0-dim tensor)."""
-    return clip.logit_scale.exp()
+#: The largest logit_scale training may reach: s = exp(logit_scale) ≤ 100, the clamp open_clip's
+#: trainer applies after every step (FLYP's own code does not clamp).
+MAX_LOGIT_SCALE = math.log(100)
+
+
+def clamp_logit_scale(clip: nn.Module) -> None:
+    """Clamp CLIP's trained ``logit_scale`` to [0, ln 100] in place (after an optimizer step)."""
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
 class ClipClassifier(nn.Module):

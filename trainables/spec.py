@@ -207,7 +207,8 @@ def templates_from(obj: Any, where: str, spec: Path, root: Path | None = None
     return tuple(obj)
 
 
-def _classes(obj: dict, root: Path, where: str, spec: Path, folder: Split | None) -> tuple[str, ...]:
+def _classes(obj: dict, root: Path, where: str, spec: Path,
+             folder: Split | None) -> tuple[str, ...]:
     if "classes" in obj:
         names = obj["classes"]
         if not isinstance(names, list) or not all(
@@ -266,9 +267,8 @@ def _ood(obj: Any, classes: tuple[str, ...], root: Path, where: str, spec: Path
                           tuple(obj.get("exclude_groups") or ()))
 
 
-def load_spec(path: str | Path) -> DataSpec:
-    """Parse and check a dataset spec file; raises DataError naming the problem and the fix."""
-    spec = Path(path).expanduser().resolve()
+def _read_spec(spec: Path) -> Any:
+    """The parsed YAML of the spec file ``spec`` (a folder or a missing file: DataError)."""
     if spec.is_dir():
         found = sorted(spec.glob("*.yaml"))
         raise DataError(f"--data {spec} is a{'n empty' if not any(spec.iterdir()) else ''} "
@@ -277,9 +277,33 @@ def load_spec(path: str | Path) -> DataSpec:
     if not spec.is_file():
         raise DataError(f"dataset spec {spec} does not exist (pass --data with a spec YAML)")
     try:
-        raw = read_yaml(spec)            # bounded: size, alias expansion, nesting
+        return read_yaml(spec)            # bounded: size, alias expansion, nesting
     except YamlError as err:
         raise DataError(str(err)) from None
+
+
+def _eval_tasks(raw: dict, root: Path, templates: tuple[Template, ...], spec: Path,
+                scoring: dict[str, Scoring]) -> dict[str, dict[str, Task]]:
+    """The ``zeroshot`` and ``context`` sections' tasks by section and name; their scoring is
+    added to ``scoring`` (keys ``zeroshot/<name>``, ``context/<name>``)."""
+    tasks: dict[str, dict[str, Task]] = {}
+    for section in ("zeroshot", "context"):
+        tasks[section] = {}
+        for name, obj in _mapping(raw.get(section), section, spec).items():
+            obj = _check_keys(obj, _TASK_KEYS, f"{section}.{name}", spec)
+            test = _split(obj.get("test"), root, f"{section}.{name}.test", spec)
+            tasks[section][name] = Task(
+                _classes(obj, root, f"{section}.{name}", spec, test),
+                _templates(obj, f"{section}.{name}", spec, root, templates), test)
+            scoring[f"{section}/{name}"] = Scoring(parse_metrics(obj.get("metrics"),
+                                                                 f"{section}.{name}", spec))
+    return tasks
+
+
+def load_spec(path: str | Path) -> DataSpec:
+    """Parse and check a dataset spec file; raises DataError naming the problem and the fix."""
+    spec = Path(path).expanduser().resolve()
+    raw = _read_spec(spec)
     if isinstance(raw, dict) and "benchmark" in raw:
         from .benchmarks import build_spec
         return build_spec(expand_env(raw, spec), spec)
@@ -295,18 +319,8 @@ def load_spec(path: str | Path) -> DataSpec:
             raise DataError(f"{spec}: id.{key} is required")
     train = _split(idd["train"], root, "id.train", spec)
     templates = _templates(idd, "id", spec, root)
-    tasks: dict[str, dict[str, Task]] = {}
     scoring = {"id": Scoring(parse_metrics(idd.get("metrics"), "id", spec))}
-    for section in ("zeroshot", "context"):
-        tasks[section] = {}
-        for name, obj in _mapping(raw.get(section), section, spec).items():
-            obj = _check_keys(obj, _TASK_KEYS, f"{section}.{name}", spec)
-            test = _split(obj.get("test"), root, f"{section}.{name}.test", spec)
-            tasks[section][name] = Task(
-                _classes(obj, root, f"{section}.{name}", spec, test),
-                _templates(obj, f"{section}.{name}", spec, root, templates), test)
-            scoring[f"{section}/{name}"] = Scoring(parse_metrics(obj.get("metrics"),
-                                                                 f"{section}.{name}", spec))
+    tasks = _eval_tasks(raw, root, templates, spec, scoring)
     val_fraction = idd.get("val_fraction", 0.02)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or \
             not 0.0 < val_fraction < 1.0:

@@ -66,7 +66,7 @@ def resolve_data(arg: str | Path) -> Path:
     An existing file is returned as is. ``NAME`` is the built-in spec ``specs/NAME.yaml``.
     ``NAME:ROOT`` is that spec with its root variable set to ``ROOT`` in this process's
     environment (Ray workers get it through the runtime environment, see
-    :func:`search.ray_setup.init_ray`).
+    :func:`search.tune.cluster.init_ray`).
     """
     text = str(arg)
     path = Path(text).expanduser()

@@ -12,7 +12,7 @@ common to every builder (each builder adds its own)::
     val_fraction: 0.02             # ID val held out from ID train when the data has none
     shots: 16                      # k-shot sampling of ID train (val: min(k, 4)), seeded
     base_to_new: false             # train on the first half of the classes, test the rest
-    anchors: {captions: {csv: …}}  # ARF's image-text sets (search/anchors.py writes these)
+    anchors: {captions: {csv: …}}  # ARF's image-text sets (search/anchors/build.py writes these)
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def readable(name: str) -> str:
 def finish(opts: Options, *, classes: tuple[str, ...], default_templates: Any,
            train: Split, test: Split, val: Split | None = None,
            ood: dict[str, tuple[Split, Scoring]] | None = None,
-           id_scoring: Scoring = Scoring(), default_val_fraction: float = 0.02,
+           id_scoring: Scoring = Scoring(),  # noqa: B008 -- frozen, so sharing is safe
+           default_val_fraction: float = 0.02,
            context_templates: tuple[Template, ...] | None = None) -> DataSpec:
     """The DataSpec of a built benchmark, with the common options applied."""
     spec = opts.spec

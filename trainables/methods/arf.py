@@ -43,6 +43,7 @@ class Arf(Flyp):
     """ARF (Han et al., CVPR 2024). Loss: L_CL + w_cap·L_Cap + w_ret·L_Ret (CLIP contrastive)."""
 
     name = "arf"
+    paper_defaults = {"lr": 1e-5, "w_cap": 1.0, "w_ret": 1.0}
     Params = ArfParams
     anchor_sets = ("captions", "retrieved")
 

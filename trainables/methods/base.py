@@ -116,6 +116,11 @@ class Method:
     anchor_sets: ClassVar[tuple[str, ...]] = ()
     #: the method trains nothing (zero-shot evaluation only)
     trains_nothing: ClassVar[bool] = False
+    #: the paper's settings (TrainConfig / Params keys) for ViT-B/16 at batch 512; the methods
+    #: report trains every method at these, the keys in ``paper_lrs`` (learning rates at the
+    #: papers' scale) times one common factor. Listed in docs/methods.md.
+    paper_defaults: ClassVar[dict[str, Any]] = {}
+    paper_lrs: ClassVar[tuple[str, ...]] = ("lr",)
 
     def __init__(self, params: Any, train: TrainConfig):
         self.params = params
@@ -136,6 +141,13 @@ class Method:
         return [n for n, _ in model.named_parameters() if any(p(n) for p in preds)]
 
     # --- training -------------------------------------------------------------------------
+    def reference(self, ctx: MethodContext) -> nn.Module:
+        """``ctx.reference``, the frozen zero-shot model a ``uses_reference`` method reads; an
+        error naming the method if the driver did not build one."""
+        if ctx.reference is None:
+            raise ValueError(f"{self.name} needs the frozen zero-shot model as ctx.reference")
+        return ctx.reference
+
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
         """Compute frozen text-side features once (from ``ctx.reference``); default: nothing."""
 

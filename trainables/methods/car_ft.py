@@ -63,13 +63,12 @@ class CarFt(FineTune):
     """
 
     name = "car-ft"
+    paper_defaults = {"lr": 3e-5, "car_alpha": 1.0}
     Params = CarFtParams
     uses_reference = True
 
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
-        if ctx.reference is None:
-            raise ValueError("car-ft needs the frozen zero-shot model as ctx.reference")
-        self._w_ctx = context_weights(ctx.reference.clip, ctx.tokenizer, ctx.classnames,
+        self._w_ctx = context_weights(self.reference(ctx).clip, ctx.tokenizer, ctx.classnames,
                                       ctx.context_templates, ctx.device,
                                       variant=self.params.ctx_variant)  # (P, D) or (K, P, D)
 

@@ -14,7 +14,6 @@ over one epoch, then constant), see :meth:`CeSwa.lr_scheduler`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +22,24 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
 from ..config import ConfigError, TrainConfig
-from .base import (Batch, Method, MethodContext, Stage, is_image_tower, is_logit_scale,
-                   is_text_tower, register)
-from .common import (CLASS_PROMPT, class_prompt_tokens, cross_entropy, image_features,
-                     text_class_embeddings)
-
-MAX_LOGIT_SCALE = math.log(100)
+from ..models import clamp_logit_scale
+from .base import (
+    Batch,
+    Method,
+    MethodContext,
+    Stage,
+    is_image_tower,
+    is_logit_scale,
+    is_text_tower,
+    register,
+)
+from .common import (
+    CLASS_PROMPT,
+    class_prompt_tokens,
+    cross_entropy,
+    image_features,
+    text_class_embeddings,
+)
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,9 @@ class CeSwa(Method):
     """CE + SWA (arXiv:2311.02236). Loss: CE(s·f(x) g(prompts)ᵀ, y); θ_ft = SWA of last epochs."""
 
     name = "ce-swa"
+    # swa_epochs: SWA over the last epoch of a short run (the paper averages over its last ones)
+    paper_defaults = {"lr": 1e-5, "weight_decay": 0.0, "swa_lr": 1e-4, "swa_epochs": 1}
+    paper_lrs = ("lr", "swa_lr")
     Params = CeSwaParams
     head_from_text = True
     head_kind = "text"
@@ -118,8 +132,7 @@ class CeSwa(Method):
         return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}
 
     def after_step(self, model: nn.Module) -> None:
-        with torch.no_grad():
-            model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        clamp_logit_scale(model.clip)
 
     # --- SWA ----------------------------------------------------------------------------------
     def swa_start_epoch(self, stage: Stage) -> int:

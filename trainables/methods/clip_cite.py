@@ -32,8 +32,14 @@ from torch import nn
 from ..config import ConfigError
 from ..distributed import gather_pair
 from .base import Batch, Method, MethodContext, is_head, is_image_tower, is_text_tower, register
-from .common import (CLASS_PROMPT, batch_class_embeddings, class_prompt_tokens, cross_entropy,
-                     image_features, same_class_masked_contrastive_loss)
+from .common import (
+    CLASS_PROMPT,
+    batch_class_embeddings,
+    class_prompt_tokens,
+    cross_entropy,
+    image_features,
+    same_class_masked_contrastive_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class ClipCite(Method):
     """CLIP-CITE (Liu et al., 2024). Loss: L_DVA + λ·L_SCL + η·L_VLD."""
 
     name = "clip-cite"
+    paper_defaults = {"lr": 5e-6, "lambda_scl": 0.7, "eta_vld": 0.1}
     Params = ClipCiteParams
     uses_reference = True
     head_kind = "cosine"
@@ -93,12 +100,11 @@ class ClipCite(Method):
                 or (is_head(name) and name.endswith(".weight")))
 
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
-        if ctx.reference is None:
-            raise ValueError("clip-cite needs the frozen zero-shot model as ctx.reference")
+        reference = self.reference(ctx)
         self._tokens = class_prompt_tokens(ctx.tokenizer, ctx.classnames, [CLASS_PROMPT],
                                            ctx.device)  # (K, 1, L)
         with torch.no_grad():
-            self._zs_text = ctx.reference.text_features(self._tokens[:, 0])  # (K, D)
+            self._zs_text = reference.text_features(self._tokens[:, 0])  # (K, D)
 
     def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
         labels = batch.labels

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import clip_loss, gather_labels, gather_pair
-from .base import Batch
+from .base import Batch, Method, MethodContext
 
 #: The single class prompt of CLIP-CITE (paper: "a photo of a [category]") and CE-SWA's
 #: one-prompt-per-class head. Fixed rather than the dataset's first template so that the method
@@ -97,3 +97,13 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                   label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of (B, K) logits against (B,) labels."""
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+class HeadCrossEntropy(Method):
+    """A method whose loss is CE(head(f(x)), y): the linear head on the normalised image features
+    (B, D) -> logits (B, K), label smoothing from TrainConfig. FT, LP and LP-FT differ only in
+    what they train and in which stages."""
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        logits = model.head(image_features(model, batch))  # (B, K)
+        return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}

@@ -15,19 +15,28 @@ the global batch (open_clip's ``ClipLoss`` gathers every rank's pairs).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..models import clamp_logit_scale
 from ..sampling import PerSampleDraws
-from .base import (Batch, Method, MethodContext, is_image_tower, is_logit_scale, is_text_tower,
-                   register)
-from .common import (class_prompt_tokens, contrastive_loss, image_features,
-                     same_class_masked_contrastive_loss)
-
-MAX_LOGIT_SCALE = math.log(100)
+from .base import (
+    Batch,
+    Method,
+    MethodContext,
+    is_image_tower,
+    is_logit_scale,
+    is_text_tower,
+    register,
+)
+from .common import (
+    class_prompt_tokens,
+    contrastive_loss,
+    image_features,
+    same_class_masked_contrastive_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Flyp(Method):
     """FLYP (Goyal et al., CVPR 2023). Loss: CLIP contrastive loss over (image, class prompt)."""
 
     name = "flyp"
+    paper_defaults = {"lr": 1e-5}
     Params = FlypParams
     head_from_text = True
     head_kind = "text"
@@ -74,5 +84,4 @@ class Flyp(Method):
                 self.class_prompt_loss(model, image_features(model, batch), batch)}
 
     def after_step(self, model: nn.Module) -> None:
-        with torch.no_grad():
-            model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        clamp_logit_scale(model.clip)

@@ -5,22 +5,16 @@ Loss: CE(head(f_θ(x)), y), label smoothing from TrainConfig; trains the image t
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from .base import Batch, Method, MethodContext, is_head, is_image_tower, register
-from .common import cross_entropy, image_features
+from .base import is_head, is_image_tower, register
+from .common import HeadCrossEntropy
 
 
 @register
-class FineTune(Method):
+class FineTune(HeadCrossEntropy):
     """Standard fine-tuning (Wortsman et al., CVPR 2022). Loss: CE(head(f_θ(x)), y)."""
 
     name = "ft"
+    paper_defaults = {"lr": 3e-5}
 
     def trains(self, name: str) -> bool:
         return is_image_tower(name) or is_head(name)
-
-    def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
-        logits = model.head(image_features(model, batch))  # (B, K)
-        return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}

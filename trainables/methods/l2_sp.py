@@ -42,13 +42,12 @@ class L2Sp(FineTune):
     """L2-SP (Li et al., ICML 2018). Loss: CE(head(f_θ(x)), y) + β·Σ‖θ_img − θ_img,zs‖²."""
 
     name = "l2-sp"
+    paper_defaults = {"lr": 3e-5}
     Params = L2SpParams
     uses_reference = True
 
     def setup(self, model: nn.Module, ctx: MethodContext) -> None:
-        if ctx.reference is None:
-            raise ValueError("l2-sp needs the frozen zero-shot reference model in its context")
-        self._anchor = {n: p.detach() for n, p in ctx.reference.named_parameters()
+        self._anchor = {n: p.detach() for n, p in self.reference(ctx).named_parameters()
                         if is_image_tower(n)}
 
     def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:

@@ -6,25 +6,20 @@ TrainConfig.lr (searched), trained with the loop's optimizer rather than L-BFGS.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from .base import Batch, Method, MethodContext, Stage, is_head, register
-from .common import cross_entropy, image_features
+from .base import Stage, is_head, register
+from .common import HeadCrossEntropy
 
 
 @register
-class LinearProbe(Method):
+class LinearProbe(HeadCrossEntropy):
     """Linear probe on frozen CLIP features. Loss: CE(head(f(x)), y) (label smoothing optional)."""
 
     name = "lp"
+    paper_defaults = {"lr": 1e-2, "weight_decay": 0.0}
+    paper_lrs = ()   # the probe's lr: no paper gives one
 
     def trains(self, name: str) -> bool:
         return is_head(name)
 
     def stages(self) -> list[Stage]:
         return [Stage("lp", self.trains, cache_features=True)]
-
-    def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
-        logits = model.head(image_features(model, batch))  # (B, K)
-        return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}

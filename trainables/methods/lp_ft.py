@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from ..config import ConfigError
-from .base import Batch, Method, MethodContext, Stage, is_head, is_image_tower, register
-from .common import cross_entropy, image_features
+from .base import Stage, is_head, is_image_tower, register
+from .common import HeadCrossEntropy
 
 
 @dataclass(frozen=True)
@@ -30,10 +27,13 @@ class LpFtParams:
 
 
 @register
-class LpFt(Method):
+class LpFt(HeadCrossEntropy):
     """LP then FT (Kumar et al., ICLR 2022). Loss: CE(head(f_θ(x)), y) in both stages."""
 
     name = "lp-ft"
+    # lp_epochs/lp_lr: the LP stage fitted briefly at a probe's lr (the paper runs it to
+    # convergence), so it is not scaled
+    paper_defaults = {"lr": 3e-5, "lp_epochs": 1, "lp_lr": 1e-2}
     Params = LpFtParams
 
     def trains(self, name: str) -> bool:
@@ -43,7 +43,3 @@ class LpFt(Method):
         return [Stage("lp", is_head, epochs=self.params.lp_epochs, lr=self.params.lp_lr,
                       cache_features=True),
                 Stage("ft", self.trains)]
-
-    def loss(self, model: nn.Module, batch: Batch, ctx: MethodContext) -> dict[str, torch.Tensor]:
-        logits = model.head(image_features(model, batch))  # (B, K)
-        return {"ce_loss": cross_entropy(logits, batch.labels, self.train.label_smoothing)}

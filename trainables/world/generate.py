@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import multiprocessing as mp
-import os
-import shutil
 import struct
 import time
 import zlib
@@ -27,9 +26,19 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from ..files import atomic_write, cache_root
 from .captions import CLASS_TEMPLATES, CONTEXT_TEMPLATES, STYLE_TEMPLATES, caption, noisy_caption
-from .render import (BACKGROUNDS, COLOURS, HELDOUT_CLASSES, ID_CLASSES, SHAPES, SIZES, STYLES,
-                     render, sample_geometry)
+from .render import (
+    BACKGROUNDS,
+    COLOURS,
+    HELDOUT_CLASSES,
+    ID_CLASSES,
+    SHAPES,
+    SIZES,
+    STYLES,
+    render,
+    sample_geometry,
+)
 
 VERSION = "world-v1"
 SHARD = 5000  # images per folder
@@ -80,7 +89,8 @@ def _rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Genera
     return np.random.default_rng([seed, zlib.crc32(split.encode()), index, stream])
 
 
-def sample_meta(spec: SplitSpec, seed: int, index: int) -> tuple[dict[str, Any], np.random.Generator]:
+def sample_meta(spec: SplitSpec, seed: int, index: int
+                ) -> tuple[dict[str, Any], np.random.Generator]:
     """Metadata of image ``index`` of ``spec`` and the generator to render it with.
 
     Class and style are balanced (``index`` cycles through classes, then styles); colour, size,
@@ -187,49 +197,49 @@ def generate_world(out: Path, seed: int = 0, sizes: str = "default", workers: in
     if out.exists():
         raise FileExistsError(f"{out} exists: remove it or use ensure_world()")
     counts = split_sizes(sizes)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        jobs = [(name, seed, a, min(a + 1000, n), str(tmp))
-                for name, n in counts.items() for a in range(0, n, 1000)]
-        # a bar: generating the default world takes minutes on 2 cores
-        bar = tqdm(total=len(jobs), desc="generating the world", unit="chunk",
-                   disable=len(jobs) < 2)
-        if workers > 1 and len(jobs) > 1:
-            with mp.get_context("fork").Pool(min(workers, 2)) as pool:  # at most 2 processes
-                results = []
-                for result in pool.imap(_write_chunk, jobs, chunksize=1):   # in job order
-                    results.append(result)
-                    bar.update()
-        else:
-            results = []
-            for job in jobs:
-                results.append(_write_chunk(job))
-                bar.update()
-        bar.close()
-        rows: dict[str, list[dict[str, str]]] = {name: [] for name in counts}
-        for job, chunk in zip(jobs, results):
-            rows[job[0]].extend(chunk)
-        for name, spec in SPECS.items():
-            columns = {"split": ["path", "label"], "captions": ["path", "caption"],
-                       "corpus": CORPUS_COLUMNS}[spec.kind]
-            _write_csv(tmp / spec.csv, rows[name], columns)
-        _write_csv(tmp / CAPTIONS_CSV, rows["id-train"], ["path", "caption"])
-        manifest = {"version": VERSION, "seed": seed, "sizes": sizes, "counts": counts}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        (tmp / "world.yaml").write_text(yaml.safe_dump(world_spec(), sort_keys=False, width=100))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_write(out, functools.partial(_write_world, counts=counts, seed=seed, sizes=sizes,
+                                        workers=workers))
     return out / "world.yaml"
 
 
+def _write_world(tmp: Path, *, counts: dict[str, int], seed: int, sizes: str,
+                 workers: int) -> None:
+    """Every split's images, tables, manifest and spec into the new folder ``tmp``."""
+    tmp.mkdir(parents=True)
+    jobs = [(name, seed, a, min(a + 1000, n), str(tmp))
+            for name, n in counts.items() for a in range(0, n, 1000)]
+    # a bar: generating the default world takes minutes on 2 cores
+    bar = tqdm(total=len(jobs), desc="generating the world", unit="chunk",
+               disable=len(jobs) < 2)
+    if workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork").Pool(min(workers, 2)) as pool:  # at most 2 processes
+            results = []
+            for result in pool.imap(_write_chunk, jobs, chunksize=1):   # in job order
+                results.append(result)
+                bar.update()
+    else:
+        results = []
+        for job in jobs:
+            results.append(_write_chunk(job))
+            bar.update()
+    bar.close()
+    rows: dict[str, list[dict[str, str]]] = {name: [] for name in counts}
+    for job, chunk in zip(jobs, results):
+        rows[job[0]].extend(chunk)
+    for name, spec in SPECS.items():
+        columns = {"split": ["path", "label"], "captions": ["path", "caption"],
+                   "corpus": CORPUS_COLUMNS}[spec.kind]
+        _write_csv(tmp / spec.csv, rows[name], columns)
+    _write_csv(tmp / CAPTIONS_CSV, rows["id-train"], ["path", "caption"])
+    manifest = {"version": VERSION, "seed": seed, "sizes": sizes, "counts": counts}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (tmp / "world.yaml").write_text(yaml.safe_dump(world_spec(), sort_keys=False, width=100))
+
+
 def default_world_dir(seed: int = 0) -> Path:
-    """``$ROBUST_SEARCH_CACHE`` (default ``~/.cache/robust-clip-search``) / ``world-v1-seed<seed>``."""
-    cache = Path(os.environ.get("ROBUST_SEARCH_CACHE", "~/.cache/robust-clip-search")).expanduser()
-    return cache / f"{VERSION}-seed{seed}"
+    """``world-v1-seed<seed>`` under :func:`trainables.files.cache_root`
+    (``$ROBUST_SEARCH_CACHE``, default ``~/.cache/robust-clip-search``)."""
+    return cache_root() / f"{VERSION}-seed{seed}"
 
 
 def ensure_world(root: Path, seed: int = 0, sizes: str = "default", workers: int = 2) -> Path:

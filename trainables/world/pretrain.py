@@ -16,7 +16,7 @@ A checkpoint every ``--ckpt-every`` steps (under ``--ckpt-dir``) lets a killed r
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -25,6 +25,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -34,9 +35,10 @@ from open_clip_train.scheduler import cosine_lr
 from safetensors.torch import save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..models import create_clip
+from ..files import atomic_write, sha256_file
+from ..models import clamp_logit_scale, create_clip
 from .captions import CLASS_TEMPLATES, STYLE_TEMPLATES, caption
-from .generate import SPECS, render_range
+from .generate import render_range
 from .render import BACKGROUNDS, COLOURS, HELDOUT_CLASSES, ID_CLASSES, SHAPES, SIZES, STYLES
 
 MODEL = "tiny-clip-32"
@@ -112,18 +114,49 @@ def chance(name: str) -> float:
     return 100.0 / len(EVAL_SETS[name][1])
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.Optimizer:
+    """AdamW as open_clip trains CLIP: no weight decay on gains, biases and logit_scale."""
+    no_wd = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+    decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "logit_scale" in n)]
+    return torch.optim.AdamW([{"params": no_wd, "weight_decay": 0.0},
+                              {"params": decay, "weight_decay": wd}],
+                             lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _saved_state(ckpt: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to resume from: ``ckpt`` if it exists and was written with ``config``."""
+    if not ckpt.is_file():
+        return None
+    state = torch.load(ckpt, weights_only=True)
+    if state.get("config") != config:
+        print(f"ignoring {ckpt}: written with other settings {state.get('config')}", flush=True)
+        return None
+    return state
+
+
+def _save_fp16(model: torch.nn.Module, out: Path) -> str:
+    """Write the weights to ``out`` as fp16 safetensors; returns the file's sha256."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(out))
+    return sha256_file(out)
+
+
+def _batch_loss(model: torch.nn.Module, tokenizer: Any, loss_fn: ClipLoss, pool: torch.Tensor,
+                codes: np.ndarray, rng: np.random.Generator, batch: int, bf16: bool
+                ) -> torch.Tensor:
+    """CLIP's contrastive loss on ``batch`` images of the rendered ``pool`` drawn with ``rng``,
+    each with a caption of its own metadata (also drawn with ``rng``)."""
+    idx = rng.integers(len(pool), size=batch)
+    texts = tokenizer([caption(_meta(codes[i]), rng) for i in idx])
+    # bf16 autocast uses the CPU's AMX units for matmuls (~1.7x faster per step here); the
+    # flash-attention backward is much slower in bf16 on CPU, so attention takes the math path.
+    backends = [SDPBackend.MATH] if bf16 else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), sdpa_kernel(backends):
+        img_f = model.encode_image(normalise(pool[idx]), normalize=True)    # (B, D)
+        txt_f = model.encode_text(texts, normalize=True)                    # (B, D)
+    return loss_fn(img_f.float(), txt_f.float(), model.logit_scale.exp())
 
 
 def train(args: argparse.Namespace) -> dict[str, float]:
@@ -136,21 +169,13 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(args.seed)
     bundle = create_clip(MODEL, pretrained=None)
     model, tokenizer = bundle.clip, bundle.tokenizer
-    no_wd = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
-    wd = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "logit_scale" in n)]
-    opt = torch.optim.AdamW([{"params": no_wd, "weight_decay": 0.0},
-                             {"params": wd, "weight_decay": args.wd}],
-                            lr=args.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    opt = _optimizer(model, args.lr, args.wd)
     schedule = cosine_lr(opt, args.lr, args.warmup, args.steps)
     loss_fn = ClipLoss()
-    ckpt_dir = Path(args.ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt, step0 = ckpt_dir / "last.pt", 0
+    ckpt, step0 = Path(args.ckpt_dir) / "last.pt", 0
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     config = {k: getattr(args, k) for k in ("seed", "steps", "batch", "lr", "wd", "warmup", "pool")}
-    state = torch.load(ckpt, weights_only=True) if ckpt.is_file() and not args.no_resume else None
-    if state is not None and state.get("config") != config:
-        print(f"ignoring {ckpt}: written with other settings {state.get('config')}", flush=True)
-        state = None
+    state = None if args.no_resume else _saved_state(ckpt, config)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -161,20 +186,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         model.train()
         lr = schedule(step)
         rng = np.random.default_rng([args.seed, step])  # batch and captions: a function of step
-        idx = rng.integers(len(pool), size=args.batch)
-        texts = tokenizer([caption(_meta(codes[i]), rng) for i in idx])
-        # bf16 autocast uses the CPU's AMX units for matmuls (~1.7x faster per step here); the
-        # flash-attention backward is much slower in bf16 on CPU, so attention takes the math path.
-        backends = [SDPBackend.MATH] if args.bf16 else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16), sdpa_kernel(backends):
-            img_f = model.encode_image(normalise(pool[idx]), normalize=True)
-            txt_f = model.encode_text(texts, normalize=True)
-        loss = loss_fn(img_f.float(), txt_f.float(), model.logit_scale.exp())
+        loss = _batch_loss(model, tokenizer, loss_fn, pool, codes, rng, args.batch, args.bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, np.log(100))
+        clamp_logit_scale(model)
         losses.append(loss.item())
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:
@@ -184,19 +200,16 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                   f"lr {lr:.2e} scale {model.logit_scale.exp().item():.1f} "
                   f"elapsed {el / 60:.1f} min ({rate:.0f} img/s)", flush=True)
         if done % args.ckpt_every == 0 and done < args.steps:
-            _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": done,
-                          "config": config}, ckpt)
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": done,
+                     "config": config}
+            atomic_write(ckpt, functools.partial(torch.save, state))
             acc = zero_shot_eval(model, tokenizer, evals)
             print(f"step {done} checkpoint; zero-shot " +
                   " ".join(f"{k} {v:.1f}" for k, v in acc.items()), flush=True)
     wall = time.perf_counter() - start
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
-             for k, v in model.state_dict().items()}
-    save_file(state, str(out))
+    digest = _save_fp16(model, out)
     ckpt.unlink(missing_ok=True)  # finished: a rerun of the command must start from scratch
-    digest = sha256(out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) sha256 {digest}", flush=True)
     loaded = create_clip(MODEL, pretrained=str(out))  # through open_clip's own loader
     acc = zero_shot_eval(loaded.clip, loaded.tokenizer, evals)

@@ -1,0 +1,6 @@
+"""``python -m search.bench``."""
+import sys
+
+from search.bench.core import main
+
+sys.exit(main())
