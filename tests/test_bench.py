@@ -52,7 +52,7 @@ def test_write_section_replaces_only_the_measured_figures(tmp_path: Path) -> Non
 def test_figure4_counts_compute_in_epochs_and_seconds() -> None:
     """Figure 4's curves: an epoch row adds one epoch and its seconds; a trial's end row adds its
     seconds but no epoch; reach/best_at read either unit."""
-    from search.bench.study_figures import best_at, best_vs_compute, reach
+    from search.bench.efficiency import best_at, best_vs_compute, reach
     rows = [{"objective": 60.0, "time/epoch_train_s": 5.0, "time/epoch_eval_s": 1.0},
             {"objective": 70.0, "time/epoch_train_s": 5.0, "time/epoch_eval_s": 1.0},
             {"objective": 70.0, "final": 1.0, "time/wise_select_s": 1.0},
