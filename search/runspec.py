@@ -27,6 +27,9 @@ class RunSpec:
     wise_grid: tuple[float, ...] = DEFAULT_WISE_GRID
     wise_evaluations: int = 6          # golden-section: α values evaluated on ID val
     eval_batch_size: int = 256
+    report_eval: bool = True           # False: no end-of-trial reporting evaluation (OOD curve,
+                                       # every set at α = 1 and α*): only search.bench's figure 4,
+                                       # which reads the ID-val objective alone, turns it off
     base_params: dict[str, Any] = field(default_factory=dict)   # the space's constants (+ seed)
 
     @classmethod

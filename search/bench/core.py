@@ -115,9 +115,9 @@ class Bench:
 
 
 def _figures() -> dict[int, Callable[[Bench], Figure]]:
-    from search.bench import study_figures, train, wise
+    from search.bench import efficiency, study_figures, train, wise
     return {1: train.throughput, 2: study_figures.overhead, 3: wise.wise_search,
-            4: study_figures.efficiency, 5: train.memory, 6: study_figures.quickstart}
+            4: efficiency.efficiency, 5: train.memory, 6: study_figures.quickstart}
 
 
 def machine() -> str:

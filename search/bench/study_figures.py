@@ -1,4 +1,5 @@
-"""Benchmark figures 2 (search overhead), 4 (search efficiency) and 6 (quick-start wall time).
+"""Benchmark figures 2 (search overhead) and 6 (quick-start wall time); figure 4 (search
+efficiency) is search/bench/efficiency.py and shares this module's study set-up.
 
 Figure 2 runs a whole study through ``search.study.Study`` (what ``python -m search.run`` does),
 once with one-worker trials trained in the Tune trial actor (the default) and once in a Train
@@ -6,11 +7,8 @@ worker group (``--worker-group``), and splits each wall time into trial compute 
 ``time/*`` training and evaluation metrics), time inside the trainables that is not compute
 (process start-up, building model and data, reports, checkpoints: Tune's ``time_total_s`` minus
 compute), time in Tune outside the trainables, and the study's fixed cost (Ray start, driver
-set-up and zero-shot evaluation, MLflow, soups). Figure 4 runs the project's Tune wiring
-(``search.tune.tuner.make_tuner`` over ``run_trial``) with random + FIFO, TPE + FIFO (the
-sampler's own effect) and TPE + ASHA on the same seeds and budgets, at budgets where TPE models
-(16 trials: 4 random start-up trials, then 12 model-based), and reads every reported row of the
-result grids. Figure 6 times the README command in a subprocess.
+set-up and zero-shot evaluation, MLflow, soups). Figure 6 times the README command in a
+subprocess.
 """
 from __future__ import annotations
 
@@ -35,18 +33,6 @@ OVERHEAD = {True: ("ft", "spaces/ft.yaml", 3, ["epochs=2", "batch_size=16", "war
             # 20 steps per epoch: ≈ 60-200 s of compute per trial (most of it the WiSE and OOD
             # evaluation), so the two modes run in ≈ 15 min
             False: ("car-ft", "spaces/car.yaml", 3, ["max_steps_per_epoch=20"])}
-EFFICIENCY = {True: ("ft", "spaces/ft.yaml", 4, ["epochs=3", "batch_size=16", "warmup_steps=0"],
-                     [0, 1]),
-              # α = 1 only: figure 3 measures the α search; here it would only add the same
-              # end-of-trial evaluation (11 ID-val + 11 OOD passes) to every finished trial.
-              # 16 trials: TPE's default start-up at that budget is 4 (search/space.py), so 12
-              # trials per arm are model-based.
-              False: ("ft", "spaces/ft.yaml", 16, ["max_steps_per_epoch=10", "wise.grid=[1.0]"],
-                      [0, 1, 2])}
-ARMS = {"random+fifo": ("random", "fifo"), "tpe+fifo": ("tpe", "fifo"),
-        "tpe+asha": ("tpe", "asha")}
-
-
 def row_compute(row: dict[str, Any]) -> float:
     """Training + evaluation seconds a trial reported in one result row."""
     return sum(float(row.get(k) or 0.0) for k in COMPUTE_KEYS
@@ -77,7 +63,7 @@ def timing(obj: Any, name: str, sink: dict[str, float], key: str) -> Iterator[No
             delattr(obj, name)
 
 
-def _study(bench: Bench, method: str, space: str, output: Path, num_samples: int, seed: int,
+def make_study(bench: Bench, method: str, space: str, output: Path, num_samples: int, seed: int,
            overrides: list[str], flags: list[str] = ()):
     from search.cli import build_parser, parse_set
     from search.study import Study
@@ -142,7 +128,7 @@ def _timed_study(bench: Bench, output: Path, flags: list[str]) -> OverheadRun:
     with ExitStack() as stack:
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
             stack.enter_context(timing(MlflowTuneCallback, name, t, "MLflow (Tune callback)"))
-        study = _study(bench, method, space, output, n, 0, overrides, flags)
+        study = make_study(bench, method, space, output, n, 0, overrides, flags)
         study.run()
     wall = time.perf_counter() - start
     return OverheadRun({**study.phases, **t}, wall, trial_rows(output / "ray" / study.name))
@@ -199,111 +185,6 @@ def overhead(bench: Bench) -> Figure:
                      f"{' '.join(overrides) or '–'}, {bench.model}, data "
                      f"{bench.data().parent.name}. Set-up (building the model, the zero-shot "
                      "head and the data index) counts as overhead, not compute.")
-    return fig
-
-
-def _search_rows(bench: Bench, method: str, space: str, n: int, overrides: list[str],
-                 seed: int, arm: str) -> list[dict[str, Any]]:
-    """Run one search arm; every reported row in the order the (sequential) trials ran. An arm
-    that finished in an earlier run with the same ``--work`` is read back (rows.json), so an
-    interrupted figure resumes."""
-    from search.inputs import param_space
-    from search.tune.tuner import make_tuner
-    sampler, scheduler = ARMS[arm]
-    output = bench.scratch(f"efficiency/{arm}-seed{seed}-n{n}")
-    done = output / "rows.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    if (output / "ray").exists():          # an arm interrupted part-way: run it again
-        import shutil
-        shutil.rmtree(output / "ray")
-    study = _study(bench, method, space, output, n, seed,
-                   overrides + [f"search.sampler={sampler}", f"search.scheduler={scheduler}",
-                                "search.max_concurrent_trials=1"])
-    params = param_space(study.space, study.setup)
-    s = study.space.search
-    grid = make_tuner(study.setup, params, study_name=study.name, sampler=sampler, seed=seed,
-                      scheduler=scheduler, grace_period=s.grace_period,
-                      reduction_factor=s.reduction_factor, num_samples=n,
-                      max_concurrent_trials=1, callbacks=[], storage_path=output / "ray",
-                      n_startup_trials=s.n_startup_trials, multivariate=s.multivariate).fit()
-    if grid.num_terminated + grid.num_errors < n:    # Ctrl-C: Tune stops and returns early
-        raise RuntimeError(f"figure 4, arm {arm} seed {seed}: only {grid.num_terminated} of "
-                           f"{n} trials ended (interrupted?); run it again to redo this arm")
-    # trials run one at a time: order them by when they started (Tune's trial ids are random)
-    trials = sorted(trial_rows(output / "ray" / study.name).values(),
-                    key=lambda rows: rows[0]["timestamp"] - rows[0]["time_total_s"])
-    rows = [r for trial in trials for r in trial]
-    done.write_text(json.dumps(rows, default=str))
-    return rows
-
-
-def best_vs_compute(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    """(cumulative compute s, best ID-val objective so far) after every reported row."""
-    out, spent, best = [], 0.0, -math.inf
-    for r in rows:
-        spent += row_compute(r)
-        if r.get("objective") is not None and math.isfinite(r["objective"]):
-            best = max(best, r["objective"])
-        out.append((spent, best))
-    return out
-
-
-def best_at(curve: list[tuple[float, float]], budget: float) -> float:
-    """The best objective reached within ``budget`` compute seconds (-inf if none)."""
-    return max((b for c, b in curve if c <= budget + 1e-9), default=-math.inf)
-
-
-def efficiency(bench: Bench) -> Figure:
-    """Figure 4: compute TPE + ASHA needs to reach random search's final best, and each arm's
-    best at equal compute (the smallest arm's total)."""
-    method, space, n, overrides, seeds = EFFICIENCY[bench.quick]
-    fig = Figure(4, "Search efficiency: random + FIFO, TPE + FIFO and TPE + ASHA",
-                 ["seed", "arm", "trials run to the end", "final best", "compute s",
-                  "best at equal compute", "compute to reach random's final best s",
-                  "fraction of random's compute"])
-    fractions, gaps = [], []
-    for seed in seeds:
-        # the arm that runs first pays the cold caches (page cache, allocator): rotate the order
-        arms = list(ARMS)[seed % len(ARMS):] + list(ARMS)[:seed % len(ARMS)]
-        ran = {arm: best_vs_compute(_search_rows(bench, method, space, n, overrides, seed, arm))
-               for arm in arms}
-        curves = {arm: ran[arm] for arm in ARMS}
-        rnd = curves["random+fifo"]
-        target, total = rnd[-1][1], rnd[-1][0]
-        budget = min(c[-1][0] for c in curves.values())
-        for arm, curve in curves.items():
-            rows = _search_rows(bench, method, space, n, overrides, seed, arm)   # cached
-            finished = sum(1 for r in rows if r.get("final") == 1.0)
-            reach = next((c for c, b in curve if b >= target - 1e-9), math.inf)
-            fig.rows.append([str(seed), arm, f"{finished}/{n}", f"{curve[-1][1]:.2f}",
-                             f"{curve[-1][0]:.0f}", f"{best_at(curve, budget):.2f} "
-                             f"(at {budget:.0f} s)", "not reached" if math.isinf(reach) else
-                             f"{reach:.0f}", f"{reach / total:.2f}"])
-        reach = next((c for c, b in curves["tpe+asha"] if b >= target - 1e-9), math.inf)
-        fractions.append(reach / total)
-        gaps.append(best_at(curves["tpe+fifo"], budget) - best_at(rnd, budget))
-    median = statistics.median(fractions)
-    fig.targets.append(Target("TPE + ASHA reaches random + FIFO's final best with ≤ 30 % of its "
-                              "compute (median over seeds)",
-                              f"median fraction {median:.2f} over seeds {seeds} "
-                              f"({', '.join(f'{f:.2f}' for f in fractions)})",
-                              None if bench.quick else median <= 0.30))
-    fig.targets.append(Target("TPE + FIFO is not worse than random + FIFO at equal compute "
-                              "(median over seeds of the difference in best ID-val objective)",
-                              f"median difference {statistics.median(gaps):+.2f} points "
-                              f"({', '.join(f'{g:+.2f}' for g in gaps)})",
-                              None if bench.quick else statistics.median(gaps) >= 0))
-    fig.notes.append(f"`{method}` with {space} on {bench.data().parent.name} ({bench.model}): "
-                     f"{n} trials per arm and seed, one at a time, --set {' '.join(overrides)}"
-                     + (" (steps capped per epoch, α = 1 only)" if "wise.grid=[1.0]" in overrides
-                        else "") + "; TPE's start-up trials: the default "
-                     f"for {n} trials ({max(2, round(n / 4))}), univariate. Compute = Σ trial "
-                     "train + eval seconds (time/*); best = highest ID-val objective reported so "
-                     "far (per epoch, or at the end). Equal compute = the smallest arm total of "
-                     "the seed. With the same seed TPE's start-up trials are the random "
-                     "sampler's first draws. The arms' order rotates with the seed. Compute is "
-                     "in seconds: other jobs on the cores inflate the arm they overlap.")
     return fig
 
 

@@ -156,6 +156,10 @@ def wise_evaluation(parts: RunParts, theta_ft: dict[str, torch.Tensor], setup: R
         alpha, curve = select_alpha(id_val_at, setup.wise_strategy, list(setup.wise_grid),
                                     setup.wise_evaluations)
     select_s = time.perf_counter() - start
+    if not setup.report_eval:       # figure 4 reads the ID-val objective alone
+        model.load_state_dict(theta_ft)
+        return TrialResult(objective=curve[alpha], alpha=alpha, finetuned={}, wise={},
+                           evaluations=len(curve), timings={"wise_select_s": select_s})
     # Reporting only, after selection: OOD along the curve (frontier plot), everything at α=1, α*.
     ood_sets = [k for k, s in evaluator.sets.items() if s.kind == "ood"]
     ood_at: dict[float, dict[str, float]] = {}   # α -> OOD metrics, reused by the final report
@@ -323,7 +327,7 @@ def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> None:
 _FLAT_ORDER = ("method", "model", "pretrained", "data", "storage_path", "wise_strategy",
                "wise_grid", "wise_evaluations", "workers_per_trial", "gpus_per_worker",
                "cpus_per_worker", "max_failures", "keep_checkpoints", "eval_batch_size",
-               "torch_threads", "trial_runner", "base_params")
+               "torch_threads", "trial_runner", "report_eval", "base_params")
 
 
 def setup_dict(setup: StudySetup) -> dict[str, Any]:
