@@ -69,12 +69,3 @@ def is_extension_folder(name: str, studies: list[str]) -> bool:
     head, sep, tail = name.rpartition("-more-")
     return bool(sep) and tail.isdigit() and head in studies
 
-
-def clear_best_tags(client: Any, experiment_id: str, parent_run_id: str) -> None:
-    """Remove the ``best`` tag from the study's trial runs before the study chooses again: after
-    an extension the chosen trial may be a new one."""
-    from search.tracking.recorder import PARENT_TAG, _search
-    for run in _search(client, experiment_id,
-                       f"tags.`{PARENT_TAG}` = '{parent_run_id}' AND tags.best = 'true'"):
-        client.delete_tag(run.info.run_id, "best")
-

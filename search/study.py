@@ -123,9 +123,6 @@ class Study:
             if not method.trains_nothing:
                 with timed(self.phases, "Tune"):
                     trials = self._tune(recorder)
-            if len(self.experiments) > 1:   # extended: the study chooses again among all trials
-                from search.experiments import clear_best_tags
-                clear_best_tags(recorder.client, recorder.experiment_id, parent)
             summary = self._summarise(zeroshot, trials, recorder, parent)
         except Interrupted as stop:     # Ctrl-C / SIGTERM: KILLED runs, no summary; --resume
             from search.tracking.interrupted import mark_killed

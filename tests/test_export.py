@@ -19,7 +19,7 @@ import pytest
 
 from search.bench.tiny_data import write_tiny_spec
 
-from .test_reliability import ROOT, _command, _finish, _start
+from .study_driver import ROOT, _command, _finish, _start
 
 pytestmark = pytest.mark.slow
 PROJECT = ("ray", "trainables", "search")     # modules the exported model must not need

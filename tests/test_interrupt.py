@@ -2,7 +2,7 @@
 KILLED, no summary is written, one line says how to resume, the exit status is 130 / 143, the
 lock is released, and the printed --resume command finishes the study; resuming the finished
 study then does nothing. Drivers run as child processes in their own sessions (helpers of
-tests/test_reliability.py)."""
+tests/study_driver.py)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from search import lock
 from search.bench.tiny_data import write_tiny_spec
 
-from .test_reliability import (
+from .study_driver import (
     STUDY,
     _check_layout,
     _cleanup,

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from search.bench.tiny_data import write_tiny_spec
 
-from .test_reliability import STUDY, _check_layout, _finish, _start, _trial_results
+from .study_driver import STUDY, _check_layout, _finish, _start, _trial_results
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typing import Any
 
 from search.bench.core import Bench, Figure, Target
 from search.bench.study_figures import make_study, row_compute, trial_rows
+from search.result import FINAL, OBJECTIVE
 
 EFFICIENCY = {True: ("ft", "spaces/ft.yaml", 4, ["epochs=3", "batch_size=16", "warmup_steps=0"],
                      [0, 1]),
@@ -82,8 +83,8 @@ def best_vs_compute(rows: list[dict[str, Any]]) -> list[tuple[float, float, floa
     for r in rows:
         epochs += "time/epoch_train_s" in r
         spent += row_compute(r)
-        if r.get("objective") is not None and math.isfinite(r["objective"]):
-            best = max(best, r["objective"])
+        if r.get(OBJECTIVE) is not None and math.isfinite(r[OBJECTIVE]):
+            best = max(best, r[OBJECTIVE])
         out.append((float(epochs), spent, best))
     return out
 
@@ -132,7 +133,7 @@ def _seed_rows(seed: int, n: int, rows: dict[str, list[dict[str, Any]]]) -> list
     budget = min(c[-1][0] for c in curves.values())     # the seed's smallest arm, in epochs
     out = []
     for arm, curve in curves.items():
-        finished = sum(1 for r in rows[arm] if r.get("final") == 1.0)
+        finished = sum(1 for r in rows[arm] if r.get(FINAL) == 1.0)
         out.append([str(seed), arm, f"{finished}/{n}", f"{curve[-1][0]:.0f}",
                     f"{curve[-1][1]:.0f}", f"{curve[-1][2]:.2f}",
                     f"{best_at(curve, budget):.2f} (at {budget:.0f})",

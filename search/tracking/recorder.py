@@ -311,13 +311,16 @@ class StudyRecorder:
         client.set_terminated(run_id, "FINISHED")
 
     def _mark_best(self, best: TrialRecord) -> dict[str, float]:
-        """Tag the chosen trial (on the study run and its own run), log its configuration on the
-        study run; returns its final metrics under their MLflow names."""
+        """Tag the chosen trial (on the study run and its own run; a trial an earlier choice
+        tagged, before ``--resume`` extended the study, loses its tag), log its configuration on
+        the study run; returns its final metrics under their MLflow names."""
         client, run_id = self.client, self._require_parent()
         client.set_tag(run_id, "best_trial_id", best.trial_id)
+        trials = f"tags.`{PARENT_TAG}` = '{run_id}'"
+        for earlier in _search(client, self.experiment_id, f"{trials} AND tags.best = 'true'"):
+            client.delete_tag(earlier.info.run_id, "best")
         child = _search(client, self.experiment_id,
-                        f"tags.`{PARENT_TAG}` = '{run_id}' "
-                        f"AND tags.{TRIAL_TAG} = '{best.trial_id}'")
+                        f"{trials} AND tags.{TRIAL_TAG} = '{best.trial_id}'")
         if child:
             client.set_tag(run_id, "best_run_id", child[0].info.run_id)
             client.set_tag(child[0].info.run_id, "best", "true")

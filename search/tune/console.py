@@ -8,7 +8,7 @@ result (~40 lines here, more with more OOD sets), a config table per started tri
 TensorBoard hint into Ray's temporary session folder. Its legacy engine (``RAY_AIR_NEW_OUTPUT=0``)
 takes a ``CLIReporter`` with the columns named, and at ``verbose=1`` prints only that status
 table: no per-trial results, no TensorBoard hint (README, "MLflow layout": 170 console lines of
-a 2-trial study before, 61 after).
+a 2-trial study before, 57 after).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from ray.tune import CLIReporter
 
+from search.result import ALPHA, OBJECTIVE
 from trainables import metrics as M
 
 #: Ray's switch between its two output engines; "0": the legacy one, which honours a reporter
@@ -29,8 +30,8 @@ VERBOSE = 1     # legacy Verbosity.V1_EXPERIMENT: the status table only
 
 #: result key -> column header. ``objective`` is what Tune, Optuna and ASHA maximise: the last
 #: epoch's ID-val accuracy while a trial trains, then its ID-val accuracy at the selected α*.
-METRIC_COLUMNS = {M.EPOCH: "epoch", M.TRAIN_LOSS: "train loss", "objective": "objective",
-                  "ft/" + M.ID_VAL: "ID val α=1", "wise_alpha": "α*"}
+METRIC_COLUMNS = {M.EPOCH: "epoch", M.TRAIN_LOSS: "train loss", OBJECTIVE: "objective",
+                  M.at(M.FINETUNED, M.ID_VAL): "ID val α=1", ALPHA: "α*"}
 
 
 class StatusTable(CLIReporter):
